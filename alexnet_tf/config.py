@@ -1,0 +1,80 @@
+"""One configuration for a whole run, the paper's by default; presets override a few fields.
+
+Command-line flags override fields of a preset (``train.py``); code is never edited to change a
+run. The resolved configuration is saved beside the run's outputs as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Defaults are the paper's (sections 3-5)."""
+
+    # Model (section 3).
+    num_classes: int = 1000
+    input_size: int = 227  # the paper's 224 cannot give 55x55 after conv1; see model.py
+    width: float = 1.0  # multiplies every layer's width; 1.0 is the paper's network
+    towers: int = 2  # conv2, conv4, conv5 split across the paper's two GPUs
+    dropout: float = 0.5
+    bias_init: str = "paper"  # "paper" (1 in conv2/4/5, fc6/7) or "caffe" (0.1 there)
+
+    # Data (sections 2 and 4).
+    data_dir: str = ""  # the converter's output: shards, manifest and statistics
+    image_size: int = 256  # shorter side rescaled to this, then the central square
+    mean_subtraction: str = "image"  # "image" (the paper's mean image) or "channel"
+    pca_std: float = 0.1  # std of the PCA colour noise coefficients; 0 turns it off
+    label_offset: int = 0  # 1 for shards written with 1-based labels
+    shuffle_buffer: int = 10_000
+    deterministic: bool = False  # seeded, order-preserving pipeline for reproducible runs
+    seed: int = 0
+
+    # Training (section 5).
+    batch_size: int = 128  # global: split across replicas
+    epochs: int = 90
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005  # inside the momentum, as in the paper's update rule
+    lr_schedule: str = "plateau"  # "plateau" or "step:30,60,80" (epochs at which lr /= 10)
+    plateau_patience: int = 5  # epochs without a better validation top-1 error
+    max_lr_reductions: int = 3
+    precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16"
+    jit_compile: bool = False
+    steps_per_epoch: int = 0  # 0: one pass over the training records
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls().replace(**json.loads(text))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # A scaled-down network that trains in seconds on a CPU; used by tests.
+    "tiny": dict(
+        num_classes=10, input_size=67, width=0.125, image_size=76, batch_size=16, epochs=2,
+        shuffle_buffer=256,
+    ),
+}
+
+
+def get_config(preset: str = "paper", **overrides: Any) -> Config:
+    """The named preset with ``overrides`` applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return Config().replace(**PRESETS[preset]).replace(**overrides)
