@@ -1,0 +1,155 @@
+"""The paper's network (section 3.5, Figure 2) as a Keras functional model."""
+
+from __future__ import annotations
+
+import keras
+
+from alexnet_tf.layers import LocalResponseNormalization, TowerConv2D
+
+PAPER_INPUT_SIZE = 227
+WEIGHT_STDDEV = 0.01  # section 5: weights from N(0, 0.01)
+# Section 5: "We initialized the neuron biases in the second, fourth, and fifth convolutional
+# layers, as well as in the fully-connected hidden layers, with the constant 1." Caffe's
+# reference model uses 0.1 there, because 1 stalls training on some setups.
+POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1}
+POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+WEIGHT_INITS = ("paper", "he")
+PIXEL_STDDEV = 58.0  # of mean-subtracted ImageNet pixels on the 0-255 scale
+
+
+def _conv_output(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+def feature_map_sizes(input_size: int) -> dict[str, int]:
+    """Spatial size after conv1, pool1, pool2 and pool5 for a square input."""
+    conv1 = _conv_output(input_size, 11, 4)
+    pool1 = _conv_output(conv1, 3, 2)
+    pool2 = _conv_output(pool1, 3, 2)
+    pool5 = _conv_output(pool2, 3, 2)
+    return {"conv1": conv1, "pool1": pool1, "pool2": pool2, "pool5": pool5}
+
+
+def build_alexnet(
+    num_classes: int = 1000,
+    input_size: int = PAPER_INPUT_SIZE,
+    width: float = 1.0,
+    towers: int = 2,
+    dropout: float = 0.5,
+    bias_init: str = "paper",
+    weight_init: str = "paper",
+    seed: int | None = None,
+    name: str = "alexnet",
+) -> keras.Model:
+    """AlexNet as published, or a scaled variant of it built by the same code.
+
+    The paper says its inputs are 224x224, but an 11x11 convolution with stride 4 and no
+    padding gives 55x55 (the size Figure 2 shows) only from 227x227: (227 - 11) / 4 + 1 = 55,
+    while (224 - 11) / 4 + 1 is not a whole number. So the input is 227, as in Caffe.
+
+    Layers (section 3.5): conv1 96@11x11/4, ReLU, lrn1, pool1 (3x3/2, overlapping, section 3.4);
+    conv2 256@5x5 in two towers, ReLU, lrn2, pool2; conv3 384@3x3 over both towers; conv4
+    384@3x3 and conv5 256@3x3 in two towers, pool5; fc6 and fc7 4096 with dropout 0.5
+    (section 4.2); fc8 ``num_classes``, then the softmax ``prob`` (float32 under mixed
+    precision). With the defaults it has 60,965,224 parameters.
+
+    Args:
+      num_classes: width of fc8.
+      input_size: side of the square RGB input; at least 67, so that pool5 is not empty.
+      width: multiplies the channels of every convolution (kept divisible by ``towers``) and
+        the units of fc6 and fc7; 1.0 is the paper's network.
+      towers: 2 for the paper's two-GPU connectivity, 1 for the single-tower variant
+        (62,378,344 parameters).
+      dropout: rate of the dropout after fc6 and fc7.
+      bias_init: "paper" (biases 1 in conv2, conv4, conv5, fc6, fc7) or "caffe" (0.1 there);
+        all other biases are 0.
+      weight_init: "paper" (all weights N(0, 0.01)) or "he" (variance 2 / fan_in, truncated
+        normal; conv1's also divided by the pixel variance, 58^2).
+        With N(0, 0.01) the signal shrinks from layer to layer, the more so the narrower the
+        network, and training sits on a plateau before it starts; scaled-down CPU variants
+        use "he" to skip it.
+      seed: makes the initial weights reproducible.
+      name: the model's name.
+
+    Returns:
+      A functional model from ``image`` [batch, input_size, input_size, 3] (mean-subtracted
+      pixels) to class probabilities [batch, num_classes].
+    """
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    if bias_init not in POSITIVE_BIAS:
+        raise ValueError(f"bias_init must be one of {sorted(POSITIVE_BIAS)}, got {bias_init!r}")
+    if towers < 1:
+        raise ValueError(f"towers must be at least 1, got {towers}")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    sizes = feature_map_sizes(input_size)
+    if sizes["pool5"] < 1:
+        raise ValueError(f"input_size {input_size} is too small: pool5 would be empty (use at least 67)")
+
+    def channels(n: int) -> int:
+        return max(towers, round(n * width / towers) * towers)
+
+    def units(n: int) -> int:
+        return max(1, round(n * width))
+
+    layer_seeds = iter(range(100)) if seed is None else iter(range(seed * 100, seed * 100 + 100))
+
+    def initializers(layer_name: str) -> dict:
+        weight_seed = None if seed is None else next(layer_seeds)
+        bias = POSITIVE_BIAS[bias_init] if layer_name in POSITIVE_BIAS_LAYERS else 0.0
+        if weight_init == "paper":
+            kernel_initializer = keras.initializers.RandomNormal(0.0, WEIGHT_STDDEV, seed=weight_seed)
+        else:
+            # He et al.'s variance assumes unit-variance inputs; conv1 sees raw pixels.
+            scale = 2.0 / PIXEL_STDDEV**2 if layer_name == "conv1" else 2.0
+            kernel_initializer = keras.initializers.VarianceScaling(
+                scale, mode="fan_in", distribution="truncated_normal", seed=weight_seed
+            )
+        return dict(
+            name=layer_name,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=keras.initializers.Constant(bias),
+        )
+
+    def conv(x, layer_name, filters, kernel, stride=1, split=1):
+        padding = "valid" if kernel == 11 else "same"
+        layer = TowerConv2D(
+            channels(filters), kernel, towers=split, strides=stride, padding=padding,
+            activation="relu", **initializers(layer_name),
+        )
+        return layer(x)
+
+    def pool(x, layer_name):
+        return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)(x)
+
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    x = conv(inputs, "conv1", 96, 11, stride=4)
+    x = pool(LocalResponseNormalization(name="lrn1")(x), "pool1")
+    x = conv(x, "conv2", 256, 5, split=towers)
+    x = pool(LocalResponseNormalization(name="lrn2")(x), "pool2")
+    x = conv(x, "conv3", 384, 3)
+    x = conv(x, "conv4", 384, 3, split=towers)
+    x = conv(x, "conv5", 256, 3, split=towers)
+    x = pool(x, "pool5")
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index in (6, 7):
+        x = keras.layers.Dense(units(4096), activation="relu", **initializers(f"fc{index}"))(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
+    logits = keras.layers.Dense(num_classes, **initializers("fc8"))(x)
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name="prob")(logits)
+    return keras.Model(inputs, probabilities, name=name)
+
+
+def build_from_config(config, seed: int | None = None) -> keras.Model:
+    """``build_alexnet`` with the model fields of a ``Config``."""
+    return build_alexnet(
+        num_classes=config.num_classes,
+        input_size=config.input_size,
+        width=config.width,
+        towers=config.towers,
+        dropout=config.dropout,
+        bias_init=config.bias_init,
+        weight_init=config.weight_init,
+        seed=seed,
+    )

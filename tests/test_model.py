@@ -1,0 +1,165 @@
+"""The paper's network: shapes, parameter count, initialisation, serialisation, portability."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from alexnet_tf import build_alexnet, get_config
+from alexnet_tf.model import build_from_config
+
+PAPER_SHAPES = {
+    "conv1": (55, 55, 96),
+    "pool1": (27, 27, 96),
+    "conv2": (27, 27, 256),
+    "pool2": (13, 13, 256),
+    "conv3": (13, 13, 384),
+    "conv4": (13, 13, 384),
+    "conv5": (13, 13, 256),
+    "pool5": (6, 6, 256),
+    "fc6": (4096,),
+    "fc7": (4096,),
+    "fc8": (1000,),
+    "prob": (1000,),
+}
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> keras.Model:
+    return build_alexnet(seed=0)
+
+
+def test_paper_output_shapes(paper_model):
+    assert paper_model.input_shape == (None, 227, 227, 3)
+    for name, shape in PAPER_SHAPES.items():
+        assert paper_model.get_layer(name).output.shape[1:] == shape, name
+
+
+def test_paper_parameter_count(paper_model):
+    # conv1 11*11*3*96 + 96              =     34,944
+    # conv2 2 * (5*5*48*128 + 128)       =    307,456  (two towers, each sees 48 channels)
+    # conv3 3*3*256*384 + 384            =    885,120  (sees both towers)
+    # conv4 2 * (3*3*192*192 + 192)      =    663,936
+    # conv5 2 * (3*3*192*128 + 128)      =    442,624
+    # fc6   6*6*256*4096 + 4096          = 37,752,832
+    # fc7   4096*4096 + 4096             = 16,781,312
+    # fc8   4096*1000 + 1000             =  4,097,000
+    # total                              = 60,965,224
+    expected = {
+        "conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
+        "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000,
+    }
+    for name, count in expected.items():
+        assert paper_model.get_layer(name).count_params() == count, name
+    assert sum(expected.values()) == 60_965_224
+    assert paper_model.count_params() == 60_965_224
+
+
+def test_single_tower_parameter_count():
+    # Full connectivity in conv2, conv4, conv5 adds 307,200 + 663,552 + 442,368 weights.
+    assert build_alexnet(towers=1).count_params() == 62_378_344
+
+
+def test_initialisation_statistics(paper_model):
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        kernel = paper_model.get_layer(name).kernel.numpy()
+        assert abs(kernel.mean()) < 1e-3, name
+        # fc6 has 37.7M draws, conv1 35k: the std is 0.01 within sampling error.
+        assert kernel.std() == pytest.approx(0.01, rel=0.02), name
+    for name, bias in [("conv1", 0), ("conv2", 1), ("conv3", 0), ("conv4", 1), ("conv5", 1),
+                       ("fc6", 1), ("fc7", 1), ("fc8", 0)]:
+        np.testing.assert_array_equal(paper_model.get_layer(name).bias.numpy(), bias, err_msg=name)
+
+
+def test_caffe_bias_variant():
+    model = build_alexnet(num_classes=10, input_size=67, width=0.125, bias_init="caffe")
+    for name in ("conv2", "conv4", "conv5", "fc6", "fc7"):
+        np.testing.assert_allclose(model.get_layer(name).bias.numpy(), 0.1, err_msg=name)
+    for name in ("conv1", "conv3", "fc8"):
+        np.testing.assert_array_equal(model.get_layer(name).bias.numpy(), 0.0, err_msg=name)
+
+
+def test_seed_makes_initialisation_reproducible():
+    a = build_alexnet(num_classes=10, input_size=67, width=0.125, seed=3)
+    b = build_alexnet(num_classes=10, input_size=67, width=0.125, seed=3)
+    c = build_alexnet(num_classes=10, input_size=67, width=0.125, seed=4)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert not np.array_equal(a.get_layer("conv1").kernel.numpy(), c.get_layer("conv1").kernel.numpy())
+    # Layers draw from distinct seeds.
+    k4, k5 = a.get_layer("conv4").kernel.numpy(), a.get_layer("conv5").kernel.numpy()
+    assert not np.array_equal(k4.ravel()[:50], k5.ravel()[:50])
+
+
+def test_scaled_variant_from_parameters():
+    model = build_from_config(get_config("tiny"))
+    assert model.input_shape == (None, 67, 67, 3)
+    assert model.get_layer("conv1").output.shape[1:] == (15, 15, 12)
+    assert model.get_layer("pool5").output.shape[1:] == (1, 1, 32)
+    assert model.output_shape == (None, 10)
+    x = np.random.default_rng(0).normal(size=(4, 67, 67, 3)).astype(np.float32)
+    probs = model(x, training=False).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_size=60), "too small"),
+    (dict(bias_init="zeros"), "bias_init"),
+    (dict(width=0), "width"),
+    (dict(weight_init="xavier"), "weight_init"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_alexnet(**kwargs)
+
+
+def test_model_config_round_trip():
+    model = build_alexnet(num_classes=7, input_size=67, width=0.25)
+    clone = keras.Model.from_config(model.get_config())
+    assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
+    assert clone.count_params() == model.count_params()
+    assert clone.get_layer("conv2").towers == 2
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    model = build_alexnet(num_classes=7, input_size=67, width=0.25, seed=1)
+    path = str(tmp_path / "alexnet.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe_mode stays on: no Lambda layers
+    x = np.random.default_rng(0).normal(size=(3, 67, 67, 3)).astype(np.float32) * 50
+    np.testing.assert_array_equal(model(x, training=False).numpy(), loaded(x, training=False).numpy())
+
+
+def _must_compile_functions(export_dir: str) -> list[str]:
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    names = []
+    for meta_graph in saved.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            attr = function.attr.get("_XlaMustCompile")
+            if attr is not None and attr.b:
+                names.append(function.signature.name)
+    return names
+
+
+def test_exported_towers_have_no_must_compile_functions(tmp_path):
+    model = build_alexnet(num_classes=5, input_size=67, width=0.25, seed=0)
+    export_dir = str(tmp_path / "towers")
+    model.export(export_dir, verbose=False)
+    assert _must_compile_functions(export_dir) == []
+    # The check can fail: Keras's own grouped convolution exports must-compile functions.
+    inputs = keras.Input((13, 13, 8))
+    grouped = keras.Model(inputs, keras.layers.Conv2D(8, 3, groups=2)(inputs))
+    grouped_dir = str(tmp_path / "grouped")
+    grouped.export(grouped_dir, verbose=False)
+    assert _must_compile_functions(grouped_dir)
+    # The exported towers still compute the model's function.
+    reloaded = tf.saved_model.load(export_dir)
+    x = np.random.default_rng(0).normal(size=(2, 67, 67, 3)).astype(np.float32) * 50
+    np.testing.assert_allclose(reloaded.serve(x).numpy(), model(x, training=False).numpy(), atol=1e-6)
