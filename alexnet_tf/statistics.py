@@ -106,3 +106,90 @@ def load_statistics(data_dir: str | None) -> DatasetStatistics:
             raise ValueError(f"{path} names {mean_path}, which does not exist; re-run the converter")
         stats.mean_image = np.load(mean_path).astype(np.float32)
     return stats
+
+
+class StatisticsAccumulator:
+    """Running sums for :class:`DatasetStatistics`, in integers so any split of the work agrees.
+
+    Images arrive as ``(size, size, 3)`` uint8 arrays (the converter's central crops). The sums
+    are exact: per-image products of 8-bit values are integers far below 2**53, so partial sums
+    from different shards or workers merge to the same result in any order, and the memory is
+    one ``(size, size, 3)`` int64 array however many images there are.
+
+    The eigenvalues follow the convention of ``IMAGENET_EIGENVALUES``: those of the covariance of
+    pixels scaled to [0, 1], multiplied by 255 (equivalently, the 0-255 covariance's divided by 255),
+    so that PCA noise ``eigenvectors @ (alpha * eigenvalues)`` is in 0-255 pixel units.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.num_images = 0
+        self.sum_image = np.zeros((size, size, 3), np.int64)
+        self.sum_outer = np.zeros((3, 3), np.int64)
+
+    def add(self, image: np.ndarray) -> None:
+        """Adds one ``(size, size, 3)`` uint8 image."""
+        if image.shape != (self.size, self.size, 3) or image.dtype != np.uint8:
+            raise ValueError(f"expected a ({self.size}, {self.size}, 3) uint8 image, got {image.shape}")
+        np.add(self.sum_image, image, out=self.sum_image)
+        # float64 dot products of 8-bit values are exact integers (< 2**53) per image.
+        channels = image.reshape(-1, 3).T.astype(np.float64)
+        for i in range(3):
+            for j in range(i, 3):
+                value = int(np.dot(channels[i], channels[j]))
+                self.sum_outer[i, j] += value
+                if i != j:
+                    self.sum_outer[j, i] += value
+        self.num_images += 1
+
+    def merge(self, other: StatisticsAccumulator) -> None:
+        """Adds another accumulator's sums to this one."""
+        if other.size != self.size:
+            raise ValueError(f"cannot merge statistics of size {other.size} into size {self.size}")
+        self.sum_image += other.sum_image
+        self.sum_outer += other.sum_outer
+        self.num_images += other.num_images
+
+    def save(self, path: str) -> None:
+        """Writes the sums to ``path`` (an ``.npz`` file)."""
+        with open(path, "wb") as f:
+            np.savez_compressed(
+                f, num_images=np.int64(self.num_images), sum_image=self.sum_image, sum_outer=self.sum_outer
+            )
+
+    @classmethod
+    def load(cls, path: str) -> StatisticsAccumulator:
+        """Reads sums written by :meth:`save`."""
+        with np.load(path) as data:
+            acc = cls(int(data["sum_image"].shape[0]))
+            acc.num_images = int(data["num_images"])
+            acc.sum_image = data["sum_image"].astype(np.int64)
+            acc.sum_outer = data["sum_outer"].astype(np.int64)
+        return acc
+
+    def result(self, source: str = "") -> DatasetStatistics:
+        """Mean, std, the RGB covariance's eigen-decomposition (largest first) and the mean image.
+
+        Raises:
+          ValueError: when no image was added.
+        """
+        if self.num_images == 0:
+            raise ValueError("no training images were accumulated; cannot compute dataset statistics")
+        num_pixels = self.num_images * self.size * self.size
+        mean = self.sum_image.sum(axis=(0, 1)).astype(np.float64) / num_pixels
+        covariance = self.sum_outer.astype(np.float64) / num_pixels - np.outer(mean, mean)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+        # eigh's signs are arbitrary; fix them so the largest entry of each vector is positive.
+        signs = np.sign(eigenvectors[np.argmax(np.abs(eigenvectors), axis=0), range(3)])
+        eigenvectors = eigenvectors * np.where(signs == 0, 1.0, signs)
+        return DatasetStatistics(
+            mean_rgb=mean.astype(np.float32),
+            std_rgb=np.sqrt(np.maximum(np.diag(covariance), 0.0)).astype(np.float32),
+            eigenvalues=(np.maximum(eigenvalues, 0.0) / 255.0).astype(np.float32),
+            eigenvectors=eigenvectors.astype(np.float32),
+            mean_image=(self.sum_image / self.num_images).astype(np.float32),
+            num_images=self.num_images,
+            source=source,
+        )
