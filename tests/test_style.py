@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT
 
 
 def test_ruff_clean():
-    ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
-    if not shutil.which(ruff):
+    beside_python = pathlib.Path(sys.executable).parent / "ruff"
+    ruff = str(beside_python) if beside_python.exists() else shutil.which("ruff")
+    if not ruff:
         pytest.skip("ruff is not installed (pip install -r requirements.txt)")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
