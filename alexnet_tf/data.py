@@ -1,0 +1,237 @@
+"""The input pipeline: the one place that orders the tf.data operations.
+
+``make_dataset`` turns the converter's TFRecord shards into batches of preprocessed images and
+0-based int32 labels; ``alexnet_tf.preprocess`` holds the image functions it maps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from alexnet_tf import preprocess, records, statistics
+from alexnet_tf.config import Config
+from alexnet_tf.statistics import DatasetStatistics
+
+SPLIT_PREFIXES = {"train": records.TRAIN_PREFIX, "validation": records.VALIDATION_PREFIX}
+CYCLE_LENGTH = 16  # shards read at once in training
+READ_BUFFER_BYTES = 8 << 20  # per open shard
+# A TFRecord frames each record with a length (8 bytes) and two CRCs (4 bytes each).
+RECORD_FRAMING_BYTES = 16
+_SEED_PURPOSES = {"files": 1, "records": 2, "augment": 3}
+
+
+def file_pattern(data_dir: str, split: str) -> str:
+    """The glob of a split's shards, e.g. ``<data_dir>/train-*-of-*``.
+
+    Raises:
+      ValueError: for an unknown split.
+      FileNotFoundError: naming the directory, when no shard matches.
+    """
+    if split not in SPLIT_PREFIXES:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_PREFIXES)}")
+    pattern = os.path.join(data_dir, f"{SPLIT_PREFIXES[split]}-*-of-*")
+    if not tf.io.gfile.glob(pattern):
+        raise FileNotFoundError(
+            f"no {split} shards ({os.path.basename(pattern)}) in {data_dir!r}: check --data_dir, "
+            "or build the shards with the converter (data_prep/build_tfrecords.py)"
+        )
+    return pattern
+
+
+def _seed(config: Config, pipeline_id: int, purpose: str) -> int | None:
+    """A well-mixed seed per run seed, worker and purpose in deterministic mode, else None (random)."""
+    if not config.deterministic:
+        return None
+    sequence = np.random.SeedSequence([config.seed, pipeline_id, _SEED_PURPOSES[purpose]])
+    return int(sequence.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def _read_shard(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+    """The records of one shard, failing with the shard's name when it is corrupt or truncated.
+
+    tf.data's own DataLossError names no file. So read errors are caught, the reader then stops
+    at that shard, and the bytes the records account for are compared with the file's size: a
+    shortfall raises an error naming ``path`` once the shard's intact records have been read.
+    """
+    body = tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES).ignore_errors()
+    # An empty string marks the end (a serialized Example is never empty).
+    marked = body.concatenate(tf.data.Dataset.from_tensors(tf.constant("")))
+
+    def account(total, record):
+        is_end = tf.equal(tf.strings.length(record), 0)
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_end), tf.equal(total, size)),
+            [
+                "Corrupt or truncated TFRecord shard",
+                path,
+                "- its intact records cover",
+                total,
+                "of its",
+                size,
+                "bytes; rebuild it with the converter",
+            ],
+            summarize=1,
+        )
+        with tf.control_dependencies([check]):
+            framed = tf.cast(tf.strings.length(record), tf.int64) + RECORD_FRAMING_BYTES
+        return total + framed, record
+
+    checked = marked.scan(tf.constant(0, tf.int64), account)
+    return checked.filter(lambda record: tf.strings.length(record) > 0)
+
+
+def make_dataset(
+    file_pattern: str,
+    training: bool,
+    config: Config,
+    input_context: tf.distribute.InputContext | None = None,
+    stats: DatasetStatistics | None = None,
+    ten_crop: bool = False,
+    repeat: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of (images, labels) from the converter's shards.
+
+    Args:
+      file_pattern: a glob of TFRecord shards, e.g. ``file_pattern(data_dir, "train")``.
+      training: the paper's training view (random crops, flips, colour noise) with file and
+        record shuffling and ``drop_remainder``; otherwise the centre crop (or ten crops) of
+        every record exactly once, in file order, and a short last batch.
+      config: batch_size (global), image sizes, mean subtraction, pca_std, label_offset,
+        shuffle_buffer, deterministic, seed.
+      input_context: from ``strategy.distribute_datasets_from_function``; shards the input across
+        workers and sets the per-replica batch size.
+      stats: the mean and PCA; default the converter's ``statistics.json`` beside the shards.
+      ten_crop: evaluation only: yield the ten patches of each image.
+      repeat: repeat forever; default True when training, False otherwise.
+
+    Returns:
+      A dataset of float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images, s = config.input_size,
+      and int32 [B] 0-based labels.
+
+    Raises:
+      FileNotFoundError: naming the directory, when nothing matches ``file_pattern``.
+    """
+    if ten_crop and training:
+        raise ValueError(
+            "ten_crop is an evaluation view; call make_dataset(..., training=False, ten_crop=True)"
+        )
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord shards match {os.path.basename(file_pattern)!r} in {os.path.dirname(file_pattern)!r}: "
+            "check --data_dir, or build the shards with the converter"
+        )
+    if stats is None:
+        stats = statistics.load_statistics(os.path.dirname(file_pattern))
+    repeat = training if repeat is None else repeat
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    batch_size = (
+        input_context.get_per_replica_batch_size(config.batch_size) if input_context else config.batch_size
+    )
+    # With fewer shards than workers the records, not the files, are dealt out (slower: every
+    # worker reads every shard).
+    shard_records = num_pipelines > len(files)
+    if shard_records:
+        logging.warning("%d shards for %d input pipelines: sharding by record.", len(files), num_pipelines)
+
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    dataset = tf.data.Dataset.from_tensor_slices((files, np.array(sizes, np.int64)))
+    # Shard before shuffling: every worker starts from the same sorted list, so the shards
+    # partition it.
+    if num_pipelines > 1 and not shard_records:
+        dataset = dataset.shard(num_pipelines, pipeline_id)
+    # Shuffle file names (cheap) so each epoch visits the shards in a new order; record sharding
+    # needs the same order on every worker, and evaluation keeps file order.
+    if training and not shard_records:
+        dataset = dataset.shuffle(
+            len(files), seed=_seed(config, pipeline_id, "files"), reshuffle_each_iteration=True
+        )
+    # Repeat the file list rather than the records: no refill of the shuffle buffer at each
+    # epoch boundary, and each pass gets a fresh file order.
+    if repeat and not shard_records:
+        dataset = dataset.repeat()
+    # Interleave parallel reads of several shards, which also mixes their records. Evaluation
+    # reads one shard after another to keep records in file order.
+    dataset = dataset.interleave(
+        _read_shard,
+        cycle_length=min(CYCLE_LENGTH, len(files)) if training else 1,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE if training else None,
+        deterministic=(config.deterministic or shard_records) if training else None,
+    )
+    if num_pipelines > 1 and shard_records:
+        dataset = dataset.shard(num_pipelines, pipeline_id)
+        if repeat:
+            dataset = dataset.repeat()
+    # Shuffle the still-encoded records: a buffer of compressed bytes holds many more images than
+    # one of decoded ones.
+    if training:
+        dataset = dataset.shuffle(config.shuffle_buffer, seed=_seed(config, pipeline_id, "records"))
+    # One seed per record, drawn after shuffling so augmentation does not depend on how many
+    # parallel calls the map runs; rerandomised each pass so epochs differ.
+    if training:
+        seeds = tf.data.Dataset.random(
+            seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True
+        )
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+    # Parse, decode and augment in one parallel map: decoding is the expensive step, and it runs
+    # only on records that will be used.
+    dataset = dataset.map(
+        _make_map_fn(training, ten_crop, config, stats, pipeline_id),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=config.deterministic or not training,
+    )
+    # Batch after the per-image work (tf.data fuses map and batch); training drops the short last
+    # batch so every step has the same shape, evaluation keeps every record.
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    # Overlap preparing the next batches with the training step.
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = config.deterministic or not training
+    # Parallelism comes from tf.data's own threads; one op thread per element avoids oversubscription.
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
+
+
+def _make_map_fn(training: bool, ten_crop: bool, config: Config, stats: DatasetStatistics, pipeline_id: int):
+    """The per-record function: parse, check the label, decode and preprocess."""
+
+    def label_of(parsed):
+        label = parsed["label"]
+        check = tf.debugging.Assert(
+            tf.logical_and(label >= 0, label < config.num_classes),
+            [
+                "Label",
+                label,
+                "of",
+                parsed["filename"],
+                f"is outside [0, {config.num_classes}) after "
+                f"--label_offset={config.label_offset}; shards with 1-based labels need --label_offset=1",
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(label)
+
+    if training:
+
+        def train_fn(record, seed):
+            parsed = records.parse_example(record, config.label_offset)
+            seed_pair = tf.stack([seed, tf.constant(pipeline_id, tf.int64)])
+            image = preprocess.preprocess_for_train(parsed["encoded"], config, stats, seed_pair)
+            return image, label_of(parsed)
+
+        return train_fn
+
+    view = preprocess.preprocess_for_ten_crop if ten_crop else preprocess.preprocess_for_eval
+
+    def eval_fn(record):
+        parsed = records.parse_example(record, config.label_offset)
+        return view(parsed["encoded"], config, stats), label_of(parsed)
+
+    return eval_fn

@@ -1,0 +1,150 @@
+"""Images/s of the training input pipeline against the decode-only limit of the same records.
+
+  python benchmarks/pipeline.py [--source=../shared/data/imagenet-sample/train] [--passes=4]
+
+Builds two sets of shards from the source images with the converter: the original bytes and
+``--resize=256``. For each it times (1) reading, parsing and decoding, nothing else, and (2) the
+full training pipeline (``alexnet_tf.data.make_dataset``: shuffles, fused decode-and-crop, random
+crop, flip, PCA noise, mean-image subtraction, batching). The last line printed is one JSON object:
+train_vs_decode (goal >= 0.8), resized_vs_original (goal >= 2), images/s per core, peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from alexnet_tf import converter, data, preprocess, records, statistics  # noqa: E402
+from alexnet_tf.config import get_config  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string(
+    "source",
+    os.path.join(ROOT, "..", "shared", "data", "imagenet-sample", "train"),
+    "Training images in <wnid>/ folders.",
+)
+flags.DEFINE_string("work_dir", None, "Where the shards go (default: a temporary directory).")
+flags.DEFINE_integer("num_shards", 16, "Shards per set.")
+flags.DEFINE_integer("passes", 4, "Timed passes over the records (after one warm-up pass).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+FLAGS = flags.FLAGS
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_only(pattern: str, batch_size: int) -> tf.data.Dataset:
+    """Read, parse and decode with the same parallelism as the pipeline, nothing else."""
+    files = tf.data.Dataset.list_files(pattern, shuffle=False)
+    dataset = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=data.CYCLE_LENGTH,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    dataset = dataset.map(
+        lambda r: (preprocess.decode_rgb(records.parse_example(r)["encoded"])[0, 0], 0),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _images_per_second(dataset: tf.data.Dataset, num_images: int) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU second of this process).
+
+    One warm-up pass, then ``FLAGS.passes`` passes' worth of images. On a machine shared with
+    other work the CPU figure (work done per image) is the steadier of the two.
+    """
+    iterator = iter(dataset)
+    seen = 0
+    while seen < num_images:
+        seen += int(next(iterator)[1].shape[0])
+    seen, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while seen < FLAGS.passes * num_images:
+        seen += int(next(iterator)[1].shape[0])
+    return seen / (time.perf_counter() - start), seen / (time.process_time() - cpu_start)
+
+
+def _measure(pattern: str, num_images: int, stats: statistics.DatasetStatistics) -> dict[str, float]:
+    config = get_config("paper", batch_size=FLAGS.batch_size, shuffle_buffer=num_images)
+    decode, decode_cpu = _images_per_second(_decode_only(pattern, FLAGS.batch_size).repeat(), num_images)
+    train, train_cpu = _images_per_second(data.make_dataset(pattern, True, config, stats=stats), num_images)
+    return {"decode": decode, "train": train, "decode_cpu": decode_cpu, "train_cpu": train_cpu}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="pipeline_benchmark_")
+    sets = {"original": None, "resized": 256}
+    patterns, num_images = {}, 0
+    for name, resize in sets.items():
+        output = os.path.join(work_dir, name)
+        summary = converter.convert(
+            train_directory=FLAGS.source,
+            output_directory=output,
+            train_shards=FLAGS.num_shards,
+            resize=resize,
+        )
+        num_images = summary["written"]
+        patterns[name] = data.file_pattern(output, "train")
+    # The statistics of the original set, with its mean image: the paper's default subtraction.
+    stats = statistics.load_statistics(os.path.dirname(patterns["original"]))
+    results = {}
+    for name, pattern in patterns.items():
+        results[name] = _measure(pattern, num_images, stats)
+        logging.info("%s: %s", name, results[name])
+        print(
+            f"{name:>9}: decode-only {results[name]['decode']:6.0f} images/s "
+            f"({results[name]['decode_cpu']:5.0f} per CPU-s), training pipeline "
+            f"{results[name]['train']:6.0f} images/s ({results[name]['train_cpu']:5.0f} per CPU-s)"
+        )
+    cores = _cores()
+    figures = {
+        "train_vs_decode": round(results["original"]["train"] / results["original"]["decode"], 3),
+        "train_vs_decode_resized": round(results["resized"]["train"] / results["resized"]["decode"], 3),
+        "resized_vs_original": round(results["resized"]["train"] / results["original"]["train"], 3),
+        "images_per_second_per_core": {
+            f"{kind}_{name}": round(results[name][kind] / cores, 1)
+            for name in sets
+            for kind in ("decode", "train")
+        },
+        # The same ratios from CPU time (images per CPU-second), steadier on a shared machine.
+        "train_vs_decode_cpu": round(results["original"]["train_cpu"] / results["original"]["decode_cpu"], 3),
+        "train_vs_decode_resized_cpu": round(
+            results["resized"]["train_cpu"] / results["resized"]["decode_cpu"], 3
+        ),
+        "resized_vs_original_cpu": round(
+            results["resized"]["train_cpu"] / results["original"]["train_cpu"], 3
+        ),
+        "images_per_cpu_second": {
+            f"{kind}_{name}": round(results[name][f"{kind}_cpu"], 1)
+            for name in sets
+            for kind in ("decode", "train")
+        },
+        "cores": cores,
+        "num_images": num_images,
+        "batch_size": FLAGS.batch_size,
+        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "mean_subtraction": "image" if stats.mean_image is not None else "channel",
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+    }
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

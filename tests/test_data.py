@@ -1,0 +1,243 @@
+"""Tests of alexnet_tf.data: ordering, sharding, determinism, labels and corrupt shards."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import data, preprocess, records
+from alexnet_tf.config import get_config
+from alexnet_tf.statistics import imagenet_statistics
+
+NUM_IMAGES = 24
+
+
+def _images(count: int) -> list[np.ndarray]:
+    """Images of assorted sizes and formats: odd sizes, a grayscale one, a tiny one."""
+    rng = np.random.default_rng(0)
+    sizes = [(76, 90), (100, 81), (57, 140), (9, 7), (76, 76), (130, 200)]
+    images = []
+    for i in range(count):
+        height, width = sizes[i % len(sizes)]
+        channels = 1 if i % 5 == 3 else 3
+        images.append(rng.integers(0, 256, (height, width, channels), dtype=np.uint8))
+    return images
+
+
+def _encode(image: np.ndarray, index: int) -> bytes:
+    if index % 2:
+        return tf.io.encode_png(image).numpy()
+    return tf.io.encode_jpeg(image, quality=90).numpy()
+
+
+def write_shards(
+    directory: pathlib.Path, encoded: list[bytes], num_shards: int, prefix: str = "train", label_base: int = 0
+) -> list[str]:
+    """Round-robin shards of ``encoded``; record i has label ``label_base + i``."""
+    paths = [str(directory / records.shard_name(prefix, s, num_shards)) for s in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    for i, blob in enumerate(encoded):
+        height, width = tf.image.extract_jpeg_shape(blob).numpy()[:2] if blob[:2] == b"\xff\xd8" else (0, 0)
+        example = records.serialize_example(
+            blob, int(height), int(width), label_base + i, f"n{i:08d}", f"class {i}", f"img_{i}.JPEG"
+        )
+        writers[i % num_shards].write(example)
+    for writer in writers:
+        writer.close()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def encoded() -> list[bytes]:
+    return [_encode(image, i) for i, image in enumerate(_images(NUM_IMAGES))]
+
+
+@pytest.fixture
+def shards(tmp_path, encoded) -> pathlib.Path:
+    write_shards(tmp_path, encoded, num_shards=4)
+    write_shards(tmp_path, encoded[:10], num_shards=2, prefix="validation")
+    return tmp_path
+
+
+@pytest.fixture
+def config():
+    return get_config("tiny", num_classes=1000, batch_size=4, mean_subtraction="channel", shuffle_buffer=64)
+
+
+def _labels(dataset) -> list[int]:
+    return [int(v) for _, labels in dataset for v in labels.numpy()]
+
+
+def test_file_pattern(shards, tmp_path):
+    assert data.file_pattern(str(shards), "train") == os.path.join(str(shards), "train-*-of-*")
+    assert len(tf.io.gfile.glob(data.file_pattern(str(shards), "validation"))) == 2
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        data.file_pattern(str(empty), "train")
+    with pytest.raises(ValueError, match="split"):
+        data.file_pattern(str(shards), "test")
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        data.make_dataset(str(empty / "train-*"), True, get_config("tiny"))
+
+
+def test_eval_reads_every_record_once_in_order(shards, config, encoded):
+    stats = imagenet_statistics()
+    dataset = data.make_dataset(data.file_pattern(str(shards), "train"), False, config, stats=stats)
+    batches = list(dataset)
+    assert [b[0].shape[0] for b in batches] == [4] * 6
+    # Round-robin shards read one after another: shard 0 holds 0, 4, 8, ...
+    assert _labels(batches) == [i for s in range(4) for i in range(s, NUM_IMAGES, 4)]
+    images, labels = batches[0]
+    assert images.dtype == tf.float32 and images.shape[1:] == (67, 67, 3) and labels.dtype == tf.int32
+    np.testing.assert_allclose(
+        images[1].numpy(), preprocess.preprocess_for_eval(encoded[4], config, stats).numpy(), atol=1e-4
+    )
+    # A short last batch is kept.
+    validation = list(
+        data.make_dataset(data.file_pattern(str(shards), "validation"), False, config, stats=stats)
+    )
+    assert [b[1].shape[0] for b in validation] == [4, 4, 2]
+
+
+def test_eval_ten_crop(shards, config):
+    dataset = data.make_dataset(data.file_pattern(str(shards), "validation"), False, config, ten_crop=True)
+    images, labels = next(iter(dataset))
+    assert images.shape == (4, 10, 67, 67, 3) and labels.shape == (4,)
+    with pytest.raises(ValueError, match="ten_crop"):
+        data.make_dataset(data.file_pattern(str(shards), "validation"), True, config, ten_crop=True)
+
+
+def test_train_batches_shuffled_and_dropping_remainder(shards, config):
+    pattern = data.file_pattern(str(shards), "train")
+    dataset = data.make_dataset(pattern, True, config.replace(batch_size=5), repeat=False)
+    batches = list(dataset)
+    assert len(batches) == 4  # 24 records, batches of 5, the short one dropped
+    for images, labels in batches:
+        assert images.shape == (5, 67, 67, 3) and images.dtype == tf.float32 and labels.dtype == tf.int32
+    labels = _labels(batches)
+    assert len(set(labels)) == 20 and set(labels) <= set(range(NUM_IMAGES))
+    # Repeating (the training default) goes past one epoch.
+    assert len(list(data.make_dataset(pattern, True, config).take(15))) == 15
+
+
+def test_deterministic_mode_repeats_exactly(shards, config):
+    pattern = data.file_pattern(str(shards), "train")
+    deterministic = config.replace(deterministic=True, seed=3)
+
+    def run(cfg):
+        return [(x.numpy(), y.numpy()) for x, y in data.make_dataset(pattern, True, cfg).take(8)]
+
+    first, second = run(deterministic), run(deterministic)
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x2)
+    other = run(deterministic.replace(seed=4))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+    # Two epochs are not copies of each other (fresh file order, shuffle and augmentation).
+    labels = np.concatenate([y for _, y in first])
+    assert not np.array_equal(labels[:24], labels[24:48])
+
+
+@pytest.mark.parametrize("num_shards", [6, 2])  # sharding by file, and by record
+@pytest.mark.parametrize("training", [True, False])
+def test_worker_sharding_covers_every_record_once(tmp_path, encoded, config, num_shards, training):
+    write_shards(tmp_path, encoded, num_shards=num_shards)
+    pattern = data.file_pattern(str(tmp_path), "train")
+    workers = 3
+    seen = []
+    for worker in range(workers):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=workers, input_pipeline_id=worker, num_replicas_in_sync=workers
+        )
+        # A global batch of 3 is one image per replica, so drop_remainder drops nothing.
+        dataset = data.make_dataset(pattern, training, config.replace(batch_size=3), context, repeat=False)
+        labels = _labels(dataset)
+        assert all(batch[1].shape[0] == 1 for batch in dataset.take(2))
+        seen.extend(labels)
+    assert sorted(seen) == list(range(NUM_IMAGES))
+
+
+def test_one_based_labels_with_label_offset(tmp_path, encoded, config):
+    write_shards(tmp_path, encoded[:8], num_shards=1, label_base=1)  # labels 1..8, classic style
+    pattern = data.file_pattern(str(tmp_path), "train")
+    assert _labels(data.make_dataset(pattern, False, config.replace(label_offset=1))) == list(range(8))
+    assert _labels(data.make_dataset(pattern, False, config)) == list(range(1, 9))
+    # Label 1000 of a 1-based set read without the offset is out of range: a clear error.
+    write_shards(tmp_path, encoded[:1], num_shards=1, prefix="validation", label_base=1000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label_offset"):
+        list(data.make_dataset(data.file_pattern(str(tmp_path), "validation"), False, config))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+@pytest.mark.parametrize("training", [True, False])
+def test_corrupt_shard_error_names_the_file(tmp_path, encoded, config, damage, training):
+    paths = write_shards(tmp_path, encoded, num_shards=3)
+    victim = paths[1]
+    blob = bytearray(pathlib.Path(victim).read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) * 2 // 3]
+    else:
+        blob[len(blob) // 2] ^= 0xFF
+    pathlib.Path(victim).write_bytes(bytes(blob))
+    dataset = data.make_dataset(data.file_pattern(str(tmp_path), "train"), training, config, repeat=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=os.path.basename(victim)) as error:
+        list(dataset)
+    assert "Corrupt or truncated TFRecord shard" in str(error.value)
+
+
+def test_intact_shards_pass_the_size_check(shards, config):
+    """All records of intact shards arrive (the framing arithmetic matches real files)."""
+    dataset = data.make_dataset(data.file_pattern(str(shards), "train"), True, config, repeat=False)
+    assert len(_labels(dataset)) == NUM_IMAGES
+
+
+def test_statistics_beside_the_shards_are_used(shards, config, encoded):
+    stats = imagenet_statistics()
+    stats.mean_rgb = np.array([1.0, 2.0, 3.0], np.float32)
+    stats.save(str(shards))
+    images, _ = next(iter(data.make_dataset(data.file_pattern(str(shards), "train"), False, config)))
+    expected = preprocess.preprocess_for_eval(encoded[0], config, imagenet_statistics()).numpy()
+    # The published means were subtracted there; here (1, 2, 3).
+    np.testing.assert_allclose(
+        images[0].numpy(), expected + imagenet_statistics().mean_rgb - [1, 2, 3], atol=1e-3
+    )
+
+
+def test_real_jpegs_through_the_pipeline(tmp_path, shared_data):
+    files = sorted((shared_data / "imagenet-sample" / "train").glob("*/*.JPEG"))[:12]
+    write_shards(tmp_path, [f.read_bytes() for f in files], num_shards=2)
+    config = get_config("paper", batch_size=4, shuffle_buffer=16)
+    images, labels = next(iter(data.make_dataset(data.file_pattern(str(tmp_path), "train"), True, config)))
+    assert images.shape == (4, 227, 227, 3) and labels.shape == (4,)
+    # Mean-subtracted raw pixels: centred near 0, on the 0-255 scale.
+    assert -128 < float(tf.reduce_mean(images)) < 128 and float(tf.reduce_max(images)) > 50
+
+
+def test_reads_shards_built_by_the_converter(tmp_path, shared_data):
+    converter = pytest.importorskip("alexnet_tf.converter")
+    from alexnet_tf import imagenet
+
+    source = tmp_path / "train"
+    class_dirs = sorted((shared_data / "imagenet-sample" / "train").iterdir())[:6]
+    for class_dir in class_dirs:
+        (source / class_dir.name).mkdir(parents=True)
+        for image in class_dir.glob("*.JPEG"):
+            (source / class_dir.name / image.name).symlink_to(image)
+    output = tmp_path / "records"
+    converter.convert(
+        train_directory=str(source), output_directory=str(output), train_shards=2, num_workers=1
+    )
+    synsets = imagenet.load_synsets()
+    expected = sorted(synsets.index(d.name) for d in class_dirs)
+    config = get_config("paper", batch_size=2, shuffle_buffer=8)
+    pattern = data.file_pattern(str(output), "train")
+    evaluated = list(data.make_dataset(pattern, False, config))
+    assert sorted(_labels(evaluated)) == expected
+    assert evaluated[0][0].shape == (2, 227, 227, 3)
+    trained = list(data.make_dataset(pattern, True, config, repeat=False))
+    assert sorted(_labels(trained)) == expected
