@@ -1,0 +1,344 @@
+"""Centre-crop and 10-crop evaluation (section 4.1, section 6), metrics and reports.
+
+The centre crop is the one view ``preprocess.preprocess_for_eval`` makes. The paper's 10-crop
+test averages the softmax over the four corner crops, the centre crop and their reflections.
+The ten views of an image go through the network in one batch (images x 10 views), with a tenth
+as many images per batch as the centre-crop pass, so 10-crop costs about ten centre crops.
+
+Only the top-5 classes of each image leave the device, and a confusion matrix is accumulated,
+so memory does not grow with the number of classes times images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from alexnet_tf import data, imagenet
+from alexnet_tf import model as model_lib
+from alexnet_tf.config import Config
+from alexnet_tf.statistics import DatasetStatistics, load_statistics
+
+TOP_K = 5
+NUM_CROPS = 10
+MOST_CONFUSED = 10
+WORST_CLASSES = 10
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+VALIDATION_SPLIT = "validation"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+# Section 6 of the paper: one CNN, 10-crop test.
+PAPER_RESULTS = {
+    "ILSVRC-2012 validation, one CNN": {"top1_error": 0.407, "top5_error": 0.182},
+    "ILSVRC-2010 test, one CNN": {"top1_error": 0.375, "top5_error": 0.170},
+}
+
+Predictor = Callable[[tf.Tensor], tf.Tensor]
+
+
+def as_predictor(model: keras.Model | Predictor) -> Predictor:
+    """A function images -> probabilities: a Keras model in inference mode, or ``model`` itself."""
+    if isinstance(model, keras.Model):
+        return lambda images: model(images, training=False)
+    return model
+
+
+def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Images ([B, s, s, 3], or [B, 10, s, s, 3] for 10-crop) -> int32 top-k classes [B, k]."""
+
+    def step(images: tf.Tensor) -> tf.Tensor:
+        if ten_crop:
+            shape = tf.shape(images)
+            # All views of all images in one batch through the network.
+            views = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+            prob = tf.cast(predict(views), tf.float32)
+            prob = tf.reduce_mean(tf.reshape(prob, [shape[0], shape[1], -1]), axis=1)
+        else:
+            prob = tf.cast(predict(images), tf.float32)
+        return tf.math.top_k(prob, k=k).indices
+
+    return step
+
+
+def predict_top_k(
+    predict: Predictor,
+    dataset: tf.data.Dataset,
+    num_classes: int,
+    ten_crop: bool,
+    strategy: tf.distribute.Strategy | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Runs ``predict`` over ``dataset`` of (images, labels) under ``strategy``.
+
+    Returns:
+      ``(top_k [N, k] int32, labels [N] int32, seconds)`` where ``seconds`` excludes the first
+      batch (tracing and pipeline warm-up) when there is more than one batch.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    step = _top_k_step(predict, ten_crop, min(TOP_K, num_classes))
+
+    distributed = strategy.experimental_distribute_dataset(dataset)
+
+    # One trace for every batch size, the short last batch included.
+    @tf.function(input_signature=[distributed.element_spec])
+    def distributed_step(batch):
+        images, labels = batch
+        top_k = strategy.run(step, args=(images,))
+        return strategy.gather(top_k, axis=0), strategy.gather(labels, axis=0)
+
+    cardinality = int(dataset.cardinality())
+    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch") if progress else None
+    tops, labels = [], []
+    first_batch_end = None
+    start = time.perf_counter()
+    for batch in distributed:
+        top_k, batch_labels = distributed_step(batch)
+        tops.append(top_k.numpy())
+        labels.append(batch_labels.numpy())
+        if first_batch_end is None:
+            first_batch_end = time.perf_counter()
+            first_batch_images = len(labels[0])
+        if bar:
+            bar.add(1)
+    end = time.perf_counter()
+    if not tops:
+        raise ValueError("the evaluation dataset is empty")
+    tops, labels = np.concatenate(tops).astype(np.int32), np.concatenate(labels).astype(np.int32)
+    if len(tops) > first_batch_images:
+        seconds = (end - first_batch_end) * len(tops) / (len(tops) - first_batch_images)
+    else:
+        seconds = end - start
+    return tops, labels, seconds
+
+
+def metrics(
+    top_k: np.ndarray, labels: np.ndarray, num_classes: int, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Top-1 and top-5 error, per-class accuracy and the most confused pairs.
+
+    Args:
+      top_k: [N, k] predicted classes, best first (k >= 1; top-5 error uses the first 5).
+      labels: [N] true classes.
+      num_classes: the number of classes.
+      class_names: names for the report; ``class i`` when None.
+    """
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
+    correct_top1 = top_k[:, 0] == labels
+    correct_top5 = np.any(top_k[:, :TOP_K] == labels[:, None], axis=1)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, top_k[:, 0]), 1)
+    counts = confusion.sum(axis=1)
+    per_class = [
+        {
+            "class": i,
+            "name": names[i],
+            "images": int(counts[i]),
+            "accuracy": float(confusion[i, i] / counts[i]) if counts[i] else None,
+        }
+        for i in range(num_classes)
+    ]
+    off_diagonal = confusion.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:MOST_CONFUSED]
+    confused = []
+    for index in flat:
+        true, predicted = np.unravel_index(index, confusion.shape)
+        if off_diagonal[true, predicted] == 0:
+            break
+        confused.append({
+            "true": int(true),
+            "true_name": names[true],
+            "predicted": int(predicted),
+            "predicted_name": names[predicted],
+            "count": int(off_diagonal[true, predicted]),
+            "share_of_true_class": float(off_diagonal[true, predicted] / counts[true]),
+        })
+    return {
+        "top1_error": float(1.0 - correct_top1.mean()),
+        "top5_error": float(1.0 - correct_top5.mean()),
+        "per_class": per_class,
+        "most_confused": confused,
+    }
+
+
+def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[list[str], list[str]]:
+    """``(wnids, names)`` in label order: from ``synsets_file``, or ImageNet's 1000 classes.
+
+    Raises:
+      ValueError: naming the file when it does not list ``num_classes`` wnids, or when no file
+        is given for a model that does not have 1000 classes.
+    """
+    if synsets_file is None and num_classes != 1000:
+        raise ValueError(
+            f"the model has {num_classes} classes, not ImageNet's 1000: pass --synsets, a file listing "
+            "its wnids in label order"
+        )
+    wnids = imagenet.load_synsets(synsets_file)
+    if len(wnids) != num_classes:
+        raise ValueError(f"{synsets_file or imagenet.DEFAULT_SYNSETS_FILE} lists {len(wnids)} wnids, "
+                         f"the model has {num_classes} classes")
+    metadata = imagenet.load_metadata()
+    return wnids, [metadata.get(wnid, wnid) for wnid in wnids]
+
+
+def view_datasets(
+    config: Config, data_dir: str, stats: DatasetStatistics, ten_crop: bool = True
+) -> dict[str, tuple[tf.data.Dataset, bool]]:
+    """``{"center_crop": (dataset, False), "ten_crop": (dataset, True)}`` over the validation shards.
+
+    The 10-crop batches hold a tenth as many images, so both feed the network the same number
+    of views per step.
+    """
+    pattern = data.file_pattern(data_dir, VALIDATION_SPLIT)
+    views = {"center_crop": (config, False)}
+    if ten_crop:
+        views["ten_crop"] = (config.replace(batch_size=max(1, config.batch_size // NUM_CROPS)), True)
+    return {
+        key: (data.make_dataset(pattern, False, view_config, stats=stats, ten_crop=is_ten_crop, repeat=False),
+              is_ten_crop)
+        for key, (view_config, is_ten_crop) in views.items()
+    }
+
+
+def evaluate(
+    model: keras.Model | Predictor,
+    config: Config,
+    data_dir: str,
+    report_dir: str | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    ten_crop: bool = True,
+    class_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-1/top-5 error of ``model`` on the validation shards in ``data_dir``.
+
+    Args:
+      model: a Keras model (built under ``strategy``'s scope when one is given), or a function
+        from preprocessed float images to probabilities (e.g. ``export.load_predictor``).
+      config: the run's configuration (preprocessing and batch size).
+      data_dir: holds ``validation-*`` shards and the training set's statistics.
+      report_dir: when given, ``report.json`` and ``report.md`` are written there.
+      strategy: the training run's distribution strategy; the default strategy when None.
+      ten_crop: also run the paper's 10-crop test.
+      class_names: class index -> name, for the per-class table; when None, ImageNet's names
+        for a 1000-class model and ``class i`` otherwise.
+      progress: show a progress bar.
+
+    Returns:
+      The report: ``{"center_crop": {"top1_error", "top5_error", "images_per_second", ...},
+      "ten_crop": {...}, "num_images", "num_classes", "paper", ...}``.
+    """
+    predict = as_predictor(model)
+    if class_names is None and config.num_classes == 1000:
+        class_names = imagenet.class_names()
+    stats = load_statistics(data_dir)
+    report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes}
+    for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
+        logging.info("Evaluating the %s on %s", key.replace("_", " "), data_dir)
+        top_k, labels, seconds = predict_top_k(
+            predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress
+        )
+        result = metrics(top_k, labels, config.num_classes, class_names)
+        result["seconds"] = seconds
+        result["images_per_second"] = len(labels) / seconds
+        report[key] = result
+        report["num_images"] = len(labels)
+        logging.info("%s: top-1 error %.2f%%, top-5 error %.2f%%, %.1f images/s", key,
+                     100 * result["top1_error"], 100 * result["top5_error"], result["images_per_second"])
+    if ten_crop:
+        report["ten_crop_vs_centre_cost"] = report["ten_crop"]["seconds"] / report["center_crop"]["seconds"]
+    report["paper"] = PAPER_RESULTS
+    if report_dir:
+        write_report(report, report_dir)
+    return report
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: errors beside the paper's, slowest classes, confused pairs."""
+    lines = [
+        "# Evaluation",
+        "",
+        f"{report['num_images']} validation images of {report['num_classes']} classes from "
+        f"`{report['data_dir']}`.",
+        "",
+        "| | top-1 error | top-5 error | images/s |",
+        "|---|---|---|---|",
+    ]
+    for key, label in (("center_crop", "this model, centre crop"), ("ten_crop", "this model, 10 crops")):
+        if key in report:
+            result = report[key]
+            lines.append(f"| {label} | {_percent(result['top1_error'])} | {_percent(result['top5_error'])} "
+                         f"| {result['images_per_second']:.1f} |")
+    for label, result in report["paper"].items():
+        lines.append(f"| paper, {label}, 10 crops | {_percent(result['top1_error'])} "
+                     f"| {_percent(result['top5_error'])} | |")
+    if report["num_classes"] != 1000 or report["num_images"] != 50_000:
+        lines += ["", "The paper's figures are for the 50,000 ILSVRC-2012 validation images of 1000 classes; "
+                  "this evaluation is not on that set, so the rows are not comparable."]
+    headline = report.get("ten_crop", report["center_crop"])
+    view = "10 crops" if "ten_crop" in report else "centre crop"
+    ranked = sorted((c for c in headline["per_class"] if c["accuracy"] is not None),
+                    key=lambda c: (c["accuracy"], c["class"]))
+    lines += ["", f"## Least accurate classes ({view})", "", "| class | name | images | top-1 accuracy |",
+              "|---|---|---|---|"]
+    lines += [f"| {c['class']} | {c['name']} | {c['images']} | {_percent(c['accuracy'])} |"
+              for c in ranked[:WORST_CLASSES]]
+    lines += ["", f"## Most confused pairs ({view})", "", "| true class | predicted as | images | share of the class |",
+              "|---|---|---|---|"]
+    lines += [f"| {p['true_name']} | {p['predicted_name']} | {p['count']} | {_percent(p['share_of_true_class'])} |"
+              for p in headline["most_confused"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], report_dir: str) -> None:
+    """Writes ``report.json`` and ``report.md`` to ``report_dir``."""
+    os.makedirs(report_dir, exist_ok=True)
+    with open(os.path.join(report_dir, REPORT_JSON), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:
+        f.write(report_markdown(report))
+    logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)
+
+
+def load_model(path: str) -> tuple[keras.Model, Config]:
+    """A trained model and its configuration from a training workdir or a ``.keras`` file.
+
+    A workdir holds ``config.json`` and either ``model.keras`` (preferred) or ``checkpoints/``
+    (the latest is restored into a model built from the configuration). A ``.keras`` file
+    takes its configuration from a ``config.json`` beside it.
+
+    Raises:
+      FileNotFoundError: naming ``path`` when it holds none of these.
+    """
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: --checkpoint must be a training workdir or a "
+                                f".keras file with the run's {CONFIG_FILE} beside it")
+    with open(config_path, encoding="utf-8") as f:
+        config = Config.from_json(f.read())
+    keras_file = path if not os.path.isdir(path) else os.path.join(path, MODEL_FILE)
+    if os.path.exists(keras_file):
+        logging.info("Loading %s", keras_file)
+        return keras.saving.load_model(keras_file, compile=False), config
+    latest = tf.train.latest_checkpoint(os.path.join(directory, CHECKPOINT_DIR))
+    if latest is None:
+        raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor a checkpoint in {CHECKPOINT_DIR}/")
+    logging.info("Restoring %s", latest)
+    model = model_lib.build_from_config(config)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model, config

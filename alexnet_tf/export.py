@@ -1,0 +1,219 @@
+"""A SavedModel that TensorFlow Serving loads as is: encoded images in, top-5 classes out.
+
+Two signatures:
+
+* ``serving_default``: ``image_bytes``, a batch of encoded JPEG or PNG images of any size
+  (grayscale and RGBA too), preprocessed inside the graph exactly as the evaluation's centre
+  crop (``preprocess.preprocess_for_eval``). Returns, per image, the top-5 ``classes`` (int32),
+  ``wnids``, ``names`` and ``probabilities``.
+* ``serve_images``: ``image``, a float32 batch of already preprocessed crops (the evaluation
+  pipeline's output). Returns the full softmax ``prob`` and the same top-5 outputs.
+
+Bytes that do not decode fail that call with ``InvalidArgumentError`` and nothing else: the
+loaded model serves the next call. The pixel count in an image's header is checked before it is
+decoded, so a small file that claims an enormous image (a decompression bomb) is refused.
+The graph holds no XLA must-compile functions, so a TensorFlow Serving build without XLA loads it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from alexnet_tf import preprocess
+from alexnet_tf.config import Config
+from alexnet_tf.statistics import DatasetStatistics
+
+SERVING_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "serve_images"
+BYTES_INPUT = "image_bytes"
+FLOAT_INPUT = "image"
+TOP_K = 5
+# About 40 megapixels: 120 MB once decoded to RGB. The largest ILSVRC-2012 images are far
+# smaller; anything above this is refused before decoding.
+MAX_PIXELS = 40_000_000
+# Written beside the graph; TensorFlow Serving ignores assets.extra.
+CONFIG_FILE = os.path.join("assets.extra", "alexnet_config.json")
+LABELS_FILE = os.path.join("assets.extra", "labels.tsv")
+
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_height_width(encoded: tf.Tensor) -> tf.Tensor:
+    """Height and width from a PNG's IHDR chunk (big-endian uint32s at bytes 16-23)."""
+    tf.debugging.assert_greater_equal(
+        tf.strings.length(encoded), 24, message="PNG data is truncated before the end of its IHDR header"
+    )
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.uint8), tf.int64)
+    powers = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+    width = tf.reduce_sum(header[0:4] * powers)
+    height = tf.reduce_sum(header[4:8] * powers)
+    return tf.stack([height, width])
+
+
+def header_height_width(encoded: tf.Tensor) -> tf.Tensor:
+    """The [height, width] (int64) an encoded JPEG or PNG declares, read without decoding it.
+
+    Raises (when run):
+      InvalidArgumentError: when the bytes are neither JPEG nor PNG, or the header is broken.
+    """
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
+    is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
+    known = tf.debugging.Assert(
+        tf.logical_or(is_jpeg, is_png),
+        ["Not a JPEG or PNG image; it starts with", tf.strings.substr(encoded, 0, 8)],
+    )
+    with tf.control_dependencies([known]):
+        return tf.cond(
+            is_jpeg,
+            lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64),
+            lambda: _png_height_width(encoded),
+        )
+
+
+def checked_preprocess(
+    encoded: tf.Tensor, config: Config, stats: DatasetStatistics, max_pixels: int = MAX_PIXELS
+) -> tf.Tensor:
+    """``preprocess_for_eval`` after refusing images whose header declares too many pixels."""
+    height_width = header_height_width(encoded)
+    pixels = height_width[0] * height_width[1]
+    check = tf.debugging.Assert(
+        pixels <= max_pixels,
+        [f"Image refused: more than {max_pixels} pixels (a decompression bomb?); its header declares "
+         "height, width", height_width],
+    )
+    with tf.control_dependencies([check]):
+        encoded = tf.identity(encoded)
+    return preprocess.preprocess_for_eval(encoded, config, stats)
+
+
+def export_saved_model(
+    model: keras.Model,
+    export_dir: str,
+    config: Config,
+    stats: DatasetStatistics,
+    wnids: Sequence[str],
+    names: Sequence[str],
+    max_pixels: int = MAX_PIXELS,
+) -> str:
+    """Writes ``model`` with its preprocessing and class names as a servable SavedModel.
+
+    Args:
+      model: the network (``image`` -> softmax ``prob``), built from ``config``.
+      export_dir: where to write; a TensorFlow Serving model base path expects it to be a
+        numbered version directory such as ``models/alexnet/1``.
+      config: the run's configuration (input size, image size, mean subtraction).
+      stats: the training-set statistics the preprocessing subtracts.
+      wnids: class index -> wnid, ``config.num_classes`` entries.
+      names: class index -> human-readable name, ``config.num_classes`` entries.
+      max_pixels: images whose header declares more pixels are refused.
+
+    Returns:
+      ``export_dir``.
+    """
+    if len(wnids) != config.num_classes or len(names) != config.num_classes:
+        raise ValueError(
+            f"export_saved_model: {len(wnids)} wnids and {len(names)} names for a model with "
+            f"{config.num_classes} classes; pass one of each per class"
+        )
+    size = config.input_size
+    top_k = min(TOP_K, config.num_classes)
+    wnid_table = tf.constant(list(wnids), tf.string)
+    name_table = tf.constant(list(names), tf.string)
+
+    def top_predictions(prob: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities, classes = tf.math.top_k(prob, k=top_k)
+        return {
+            "classes": classes,
+            "wnids": tf.gather(wnid_table, classes),
+            "names": tf.gather(name_table, classes),
+            "probabilities": probabilities,
+        }
+
+    def serve_images(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        prob = tf.cast(model(image, training=False), tf.float32)
+        return {"prob": prob, **top_predictions(prob)}
+
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda encoded: checked_preprocess(encoded, config, stats, max_pixels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return top_predictions(tf.cast(model(images, training=False), tf.float32))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SERVING_SIGNATURE, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
+    )
+    archive.add_endpoint(
+        FLOAT_SIGNATURE,
+        serve_images,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=FLOAT_INPUT)],
+    )
+    archive.write_out(export_dir, verbose=False)
+
+    os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
+    with open(os.path.join(export_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json())
+    with open(os.path.join(export_dir, LABELS_FILE), "w", encoding="utf-8") as f:
+        f.writelines(f"{index}\t{wnid}\t{name}\n" for index, (wnid, name) in enumerate(zip(wnids, names)))
+    logging.info("Exported a SavedModel with signatures %s and %s to %s",
+                 SERVING_SIGNATURE, FLOAT_SIGNATURE, export_dir)
+    return export_dir
+
+
+def load_config(export_dir: str) -> Config:
+    """The configuration ``export_saved_model`` wrote beside the SavedModel."""
+    path = os.path.join(export_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {export_dir} was not written by export_saved_model")
+    with open(path, encoding="utf-8") as f:
+        return Config.from_json(f.read())
+
+
+def load_predictor(export_dir: str) -> tuple[Callable[[tf.Tensor], tf.Tensor], Config]:
+    """A function from preprocessed float images to probabilities, through the SavedModel.
+
+    Returns:
+      ``(predict, config)``: ``predict(images [B, s, s, 3]) -> prob [B, num_classes]`` calls the
+      ``serve_images`` signature of the loaded SavedModel.
+    """
+    config = load_config(export_dir)
+    loaded = tf.saved_model.load(export_dir)
+    if FLOAT_SIGNATURE not in loaded.signatures:
+        raise ValueError(f"{export_dir} has no {FLOAT_SIGNATURE!r} signature; re-export it with export.py")
+    signature = loaded.signatures[FLOAT_SIGNATURE]
+
+    def predict(images: tf.Tensor) -> tf.Tensor:
+        return signature(**{FLOAT_INPUT: tf.convert_to_tensor(images, tf.float32)})["prob"]
+
+    predict.loaded = loaded  # keeps the loaded object (and its variables) alive
+    return predict, config
+
+
+def xla_must_compile_functions(export_dir: str) -> list[str]:
+    """Names of the functions in ``saved_model.pb`` that carry ``_XlaMustCompile=true``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    found = []
+    for meta_graph in saved.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b:
+                found.append(function.signature.name)
+            found.extend(
+                f"{function.signature.name}/{node.name}"
+                for node in function.node_def
+                if "_XlaMustCompile" in node.attr and node.attr["_XlaMustCompile"].b
+            )
+    return sorted(set(found))
+

@@ -1,0 +1,63 @@
+"""Evaluates a trained AlexNet: centre-crop and 10-crop error, a report, the paper's figures.
+
+  python evaluate.py --checkpoint=WORKDIR --data_dir=DATA --report_dir=REPORT [--figures]
+  python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from alexnet_tf import evaluation, export  # noqa: E402
+from alexnet_tf.converter import SYNSETS_FILE  # noqa: E402
+
+flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
+flags.DEFINE_string("saved_model", None, "A SavedModel written by export.export_saved_model.")
+flags.DEFINE_string("data_dir", None, "Directory of validation-* (and train-*) shards; default the run's.")
+flags.DEFINE_string("report_dir", None, "Where report.json and report.md (and figures/) go.")
+flags.DEFINE_integer("batch_size", 0, "Images per batch; 0 keeps the run's.")
+flags.DEFINE_bool("ten_crop", True, "Also run the paper's 10-crop test.")
+flags.DEFINE_string("synsets", None, "wnids in label order; default the converter's synsets.txt, else ImageNet's.")
+flags.DEFINE_bool("figures", False, "Also draw Figures 3 and 4 (needs --checkpoint).")
+flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for Figure 4's neighbours.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if bool(FLAGS.checkpoint) == bool(FLAGS.saved_model):
+        raise app.UsageError("pass exactly one of --checkpoint and --saved_model")
+    if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
+        raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
+    if FLAGS.checkpoint:
+        model, config = evaluation.load_model(FLAGS.checkpoint)
+    else:
+        model, config = export.load_predictor(FLAGS.saved_model)
+    if FLAGS.batch_size:
+        config = config.replace(batch_size=FLAGS.batch_size)
+    data_dir = FLAGS.data_dir or config.data_dir
+    if not data_dir:
+        raise app.UsageError("--data_dir is required: the run's configuration names no data_dir")
+    synsets = FLAGS.synsets
+    if not synsets and os.path.exists(os.path.join(data_dir, SYNSETS_FILE)):
+        synsets = os.path.join(data_dir, SYNSETS_FILE)
+    names = evaluation.class_labels(config.num_classes, synsets)[1] if synsets or config.num_classes == 1000 else None
+    report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, ten_crop=FLAGS.ten_crop, class_names=names)
+    for view in ("center_crop", "ten_crop"):
+        if view in report:
+            logging.info("%s: top-1 error %.2f%%, top-5 error %.2f%%", view,
+                         100 * report[view]["top1_error"], 100 * report[view]["top5_error"])
+    if FLAGS.figures:
+        from alexnet_tf import figures
+
+        figures.make_figures(model, config, data_dir, os.path.join(FLAGS.report_dir, "figures"),
+                             class_names=names, max_train_images=FLAGS.figure_train_images)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,205 @@
+"""Evaluation: the report against a direct computation, 10-crop against centre crop, loading runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from eval_helpers import ROOT, tiny_run
+
+from alexnet_tf import evaluation, export, preprocess
+from alexnet_tf.model import build_from_config
+
+
+@pytest.fixture(scope="module")
+def run(shared_data):
+    return tiny_run(shared_data)
+
+
+@pytest.fixture(scope="module")
+def report(run, tmp_path_factory):
+    report_dir = tmp_path_factory.mktemp("report")
+    result = evaluation.evaluate(run.model, run.config, run.data_dir, str(report_dir), class_names=run.names,
+                                 progress=False)
+    return result, report_dir
+
+
+def _direct_probabilities(run, model, view) -> np.ndarray:
+    """Probabilities per validation file, preprocessed one JPEG at a time, in one model call."""
+    if view == "center_crop":
+        images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), run.config, run.stats)
+                           for f in run.val_files])
+        return np.asarray(model(images, training=False))
+    views = np.stack([preprocess.preprocess_for_ten_crop(tf.constant(f.read_bytes()), run.config, run.stats)
+                      for f in run.val_files])
+    prob = np.asarray(model(views.reshape((-1,) + views.shape[2:]), training=False))
+    return prob.reshape(len(run.val_files), 10, -1).mean(axis=1)
+
+
+def test_metrics_known_answer():
+    top_k = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [1, 5, 6, 7, 8], [3, 0, 1, 2, 4]])
+    labels = np.array([0, 0, 0, 3])
+    result = evaluation.metrics(top_k, labels, num_classes=9)
+    assert result["top1_error"] == pytest.approx(0.5)
+    assert result["top5_error"] == pytest.approx(0.25)
+    accuracy = {c["class"]: c["accuracy"] for c in result["per_class"]}
+    assert accuracy[0] == pytest.approx(1 / 3) and accuracy[3] == 1.0 and accuracy[5] is None
+    assert [(p["true"], p["predicted"], p["count"]) for p in result["most_confused"]] == [(0, 1, 1), (0, 2, 1)]
+
+
+def test_report_matches_a_direct_computation(run, report):
+    result, _ = report
+    labels = run.val_labels
+    assert result["num_images"] == len(labels)
+    for view in ("center_crop", "ten_crop"):
+        prob = _direct_probabilities(run, run.model, view)
+        ranked = np.argsort(-prob, axis=1)
+        top1 = np.mean(ranked[:, 0] != labels)
+        top5 = np.mean([label not in row[:5] for row, label in zip(ranked, labels, strict=True)])
+        assert result[view]["top1_error"] == pytest.approx(top1, abs=1e-9), view
+        assert result[view]["top5_error"] == pytest.approx(top5, abs=1e-9), view
+        for entry in result[view]["per_class"]:
+            members = labels == entry["class"]
+            assert entry["images"] == members.sum()
+            assert entry["accuracy"] == pytest.approx(np.mean(ranked[members, 0] == entry["class"]))
+        confusion = np.zeros((10, 10), int)
+        np.add.at(confusion, (labels, ranked[:, 0]), 1)
+        np.fill_diagonal(confusion, 0)
+        counts = [p["count"] for p in result[view]["most_confused"]]
+        assert counts == sorted(confusion.ravel(), reverse=True)[: len(counts)]
+        assert result[view]["images_per_second"] > 0
+    # The trained model is better than chance on the images it was not trained on: the
+    # numbers above are not those of a constant predictor.
+    assert result["ten_crop"]["top5_error"] < 0.5
+
+
+def test_report_files(report):
+    result, report_dir = report
+    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    assert saved["center_crop"]["top1_error"] == result["center_crop"]["top1_error"]
+    assert saved["ten_crop"]["top5_error"] == result["ten_crop"]["top5_error"]
+    markdown = (report_dir / evaluation.REPORT_MD).read_text()
+    for text in ("| this model, centre crop |", "| this model, 10 crops |", "40.7 %", "18.2 %", "37.5 %", "17.0 %",
+                 f"{100 * result['ten_crop']['top1_error']:.1f} %", "not comparable"):
+        assert text in markdown
+
+
+def _invariant_model(config) -> keras.Model:
+    """Global average pooling then a dense softmax: the output ignores mirroring."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((config.input_size, config.input_size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(config.num_classes, activation="softmax")(pooled))
+
+
+def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
+    # With image_size == input_size all ten views are the whole square, five of them mirrored,
+    # so a mirror-invariant model gives the centre crop's probabilities exactly.
+    config = run.config.replace(image_size=run.config.input_size)
+    model = _invariant_model(config)
+    dataset = evaluation.data.make_dataset(
+        evaluation.data.file_pattern(run.data_dir, "validation"), False, config, stats=run.stats
+    )
+    ten = evaluation.data.make_dataset(
+        evaluation.data.file_pattern(run.data_dir, "validation"), False, config, stats=run.stats, ten_crop=True
+    )
+    centre_top, centre_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), dataset, 10, False,
+                                                            progress=False)
+    ten_top, ten_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), ten, 10, True, progress=False)
+    np.testing.assert_array_equal(centre_labels, ten_labels)
+    np.testing.assert_array_equal(centre_top, ten_top)
+
+
+def test_ten_crop_is_the_mean_of_an_image_and_its_mirror_when_the_views_coincide(run):
+    config = run.config.replace(image_size=run.config.input_size)
+    result = evaluation.evaluate(run.model, config, run.data_dir, progress=False)
+    images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), config, run.stats)
+                       for f in run.val_files])
+    prob = np.asarray(run.model(images, training=False))
+    mirrored = np.asarray(run.model(images[:, :, ::-1], training=False))
+    expected = np.argmax(prob + mirrored, axis=1)
+    assert result["ten_crop"]["top1_error"] == pytest.approx(np.mean(expected != run.val_labels), abs=1e-9)
+    assert result["center_crop"]["top1_error"] == pytest.approx(
+        np.mean(prob.argmax(axis=1) != run.val_labels), abs=1e-9)
+
+
+def test_same_report_under_a_mirrored_strategy(run, report):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = build_from_config(run.config)
+        model.set_weights(run.model.get_weights())
+    result = evaluation.evaluate(model, run.config, run.data_dir, strategy=strategy, progress=False)
+    for view in ("center_crop", "ten_crop"):
+        for key in ("top1_error", "top5_error"):
+            assert result[view][key] == report[0][view][key]
+
+
+def test_load_model_from_keras_file_and_from_checkpoint(run, tmp_path):
+    images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), run.config, run.stats)
+                       for f in run.val_files[:4]])
+    expected = np.asarray(run.model(images, training=False))
+    keras_dir, checkpoint_dir = tmp_path / "keras_run", tmp_path / "checkpoint_run"
+    for workdir in (keras_dir, checkpoint_dir):
+        workdir.mkdir()
+        (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(keras_dir / evaluation.MODEL_FILE)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=run.model, optimizer=run.model.optimizer),
+        str(checkpoint_dir / evaluation.CHECKPOINT_DIR), max_to_keep=1,
+    )
+    manager.save()
+    for path in (keras_dir, keras_dir / evaluation.MODEL_FILE, checkpoint_dir):
+        model, config = evaluation.load_model(str(path))
+        assert config == run.config
+        np.testing.assert_allclose(np.asarray(model(images, training=False)), expected, rtol=1e-5, atol=1e-7)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        evaluation.load_model(str(empty))
+    (empty / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+    with pytest.raises(FileNotFoundError, match="neither model.keras nor a checkpoint"):
+        evaluation.load_model(str(empty))
+
+
+def test_evaluating_through_the_saved_model_gives_the_same_report(run, report, tmp_path):
+    export_dir = export.export_saved_model(run.model, str(tmp_path / "1"), run.config, run.stats,
+                                           run.wnids, run.names)
+    predict, config = export.load_predictor(export_dir)
+    result = evaluation.evaluate(predict, config, run.data_dir, progress=False)
+    for view in ("center_crop", "ten_crop"):
+        for key in ("top1_error", "top5_error"):
+            assert result[view][key] == report[0][view][key]
+
+
+def test_class_labels():
+    wnids, names = evaluation.class_labels(1000)
+    assert len(wnids) == len(names) == 1000 and names[0].startswith("tench")
+    with pytest.raises(ValueError, match="--synsets"):
+        evaluation.class_labels(10)
+
+
+@pytest.mark.slow
+def test_evaluate_cli(shared_data, run, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(workdir / evaluation.MODEL_FILE)
+    report_dir = tmp_path / "report"
+    command = [sys.executable, str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+               f"--report_dir={report_dir}", f"--synsets={shared_data / 'metadata' / 'imagenette_synsets.txt'}",
+               "--figures", "--figure_train_images=32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    assert set(saved) >= {"center_crop", "ten_crop"}
+    assert "tench, Tinca tinca" in (report_dir / evaluation.REPORT_MD).read_text()
+    assert sorted(p.name for p in (report_dir / "figures").iterdir()) == [
+        "figure3_conv1_kernels.png", "figure4_neighbours.png", "figure4_predictions.png"]
+    usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert usage.returncode != 0 and "exactly one of --checkpoint and --saved_model" in usage.stderr

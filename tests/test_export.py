@@ -1,0 +1,219 @@
+"""The exported SavedModel: signatures, in-graph preprocessing, bad input, fresh-process serving."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from eval_helpers import exported_model, tiny_run
+from PIL import Image
+
+from alexnet_tf import export, preprocess
+
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
+LARGE_JPEG = "imagenet-sample/train/n01440764/n01440764_tench.JPEG"
+
+
+@pytest.fixture(scope="module")
+def run(shared_data):
+    return tiny_run(shared_data)
+
+
+@pytest.fixture(scope="module")
+def export_dir(shared_data):
+    return exported_model(shared_data)
+
+
+def _png(path, mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_chunk(tag: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid all-black grayscale PNG of side x side pixels, compressed to about side^2 / 1000 bytes."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def jpeg_claiming(encoded: bytes, height: int, width: int) -> bytes:
+    """A real JPEG whose frame header (SOF0/SOF2) is rewritten to declare height x width."""
+    for marker in (b"\xff\xc0", b"\xff\xc2"):
+        at = encoded.find(marker)
+        if at > 0:
+            # marker(2) length(2) precision(1) height(2) width(2)
+            return encoded[: at + 5] + struct.pack(">HH", height, width) + encoded[at + 9 :]
+    raise AssertionError("no SOF marker found")
+
+
+def _test_images(shared_data, run) -> dict[str, bytes]:
+    return {
+        "jpeg_224": run.val_files[0].read_bytes(),
+        "jpeg_large": (shared_data / LARGE_JPEG).read_bytes(),
+        "jpeg_gray": (shared_data / GRAYSCALE_JPEG).read_bytes(),
+        "png_rgb": _png(shared_data / LARGE_JPEG, "RGB"),
+        "png_gray": _png(shared_data / GRAYSCALE_JPEG, "L"),
+        "png_rgba": _png(run.val_files[1], "RGBA"),
+    }
+
+
+def _python_path(run, encoded: bytes) -> np.ndarray:
+    """Probabilities through the evaluation pipeline's centre crop and the Keras model."""
+    image = preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+    return run.model(image[None], training=False).numpy()[0]
+
+
+def test_png_bomb_generator_makes_decodable_pngs():
+    image = tf.io.decode_png(png_bomb(64)).numpy()
+    assert image.shape == (64, 64, 1) and not image.any()
+
+
+def test_header_height_width_matches_decoded_size(shared_data, run):
+    for name, encoded in _test_images(shared_data, run).items():
+        declared = export.header_height_width(tf.constant(encoded)).numpy()
+        decoded = tf.io.decode_image(encoded, expand_animations=False).shape[:2]
+        assert tuple(declared) == tuple(decoded), name
+    assert tuple(export.header_height_width(tf.constant(png_bomb(3000))).numpy()) == (3000, 3000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Not a JPEG or PNG"):
+        export.header_height_width(tf.constant(b"GIF89a" + b"\x00" * 30))
+
+
+def test_checked_preprocess_refuses_too_many_pixels(shared_data, run):
+    encoded = tf.constant((shared_data / LARGE_JPEG).read_bytes())
+    allowed = export.checked_preprocess(encoded, run.config, run.stats)
+    np.testing.assert_array_equal(allowed, preprocess.preprocess_for_eval(encoded, run.config, run.stats))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Image refused"):
+        export.checked_preprocess(encoded, run.config, run.stats, max_pixels=100 * 100)
+
+
+def test_signatures_and_outputs(export_dir, run):
+    loaded = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {export.SERVING_SIGNATURE, export.FLOAT_SIGNATURE}
+    serving = loaded.signatures[export.SERVING_SIGNATURE]
+    assert list(serving.structured_input_signature[1]) == [export.BYTES_INPUT]
+    assert set(serving.structured_outputs) == {"classes", "wnids", "names", "probabilities"}
+    assert any("prob" in key for key in serving.structured_outputs)
+    floats = loaded.signatures[export.FLOAT_SIGNATURE]
+    spec = floats.structured_input_signature[1][export.FLOAT_INPUT]
+    assert spec.shape.as_list() == [None, run.config.input_size, run.config.input_size, 3]
+    assert export.load_config(export_dir) == run.config
+
+
+def test_float_signature_gives_the_keras_models_probabilities(export_dir, run):
+    predict, config = export.load_predictor(export_dir)
+    images = tf.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), config, run.stats)
+                       for f in run.val_files[:8]])
+    np.testing.assert_allclose(predict(images).numpy(), run.model(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_no_xla_must_compile_functions(export_dir, tmp_path):
+    assert export.xla_must_compile_functions(export_dir) == []
+    # The check itself finds one when there is one.
+    module = tf.Module()
+    module.f = tf.function(lambda x: 2.0 * x, jit_compile=True, input_signature=[tf.TensorSpec([2], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "xla"))
+    assert export.xla_must_compile_functions(str(tmp_path / "xla"))
+
+
+FRESH_PROCESS = r"""
+import base64, json, sys
+import tensorflow as tf
+
+export_dir, requests_file = sys.argv[1], sys.argv[2]
+with open(requests_file) as f:
+    requests = json.load(f)
+serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+answers = []
+for request in requests:
+    batch = tf.constant([base64.b64decode(b) for b in request])
+    try:
+        out = serve(image_bytes=batch)
+        answers.append({"classes": out["classes"].numpy().tolist(),
+                        "probabilities": out["probabilities"].numpy().tolist(),
+                        "wnids": [[w.decode() for w in row] for row in out["wnids"].numpy()],
+                        "names": [[n.decode() for n in row] for row in out["names"].numpy()]})
+    except tf.errors.InvalidArgumentError as e:
+        answers.append({"error": e.message})
+print(json.dumps({"answers": answers, "imported_alexnet_tf": any(m.startswith("alexnet_tf") for m in sys.modules)}))
+"""
+
+
+@pytest.mark.slow
+def test_serving_in_a_fresh_process(shared_data, run, export_dir, tmp_path):
+    import base64
+
+    images = _test_images(shared_data, run)
+    good = list(images.values())
+    bomb = png_bomb(12_000)  # 144 megapixels in about 150 KB
+    assert len(bomb) < 1_000_000
+    requests = [
+        good,
+        [b"this is not an image"],
+        [images["jpeg_224"]],  # the model still serves after the error
+        [images["jpeg_224"][: len(images["jpeg_224"]) // 3]],  # a truncated JPEG
+        [bomb],
+        [jpeg_claiming(images["jpeg_224"], 60_000, 60_000)],
+        [images["png_gray"], images["jpeg_gray"]],
+    ]
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, export_dir, str(requests_file)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not output["imported_alexnet_tf"]
+    answers = output["answers"]
+
+    first = answers[0]
+    for i, (name, encoded) in enumerate(images.items()):
+        expected = _python_path(run, encoded)
+        top5 = np.argsort(-expected)[:5]
+        assert first["classes"][i] == top5.tolist(), name
+        np.testing.assert_allclose(first["probabilities"][i], expected[top5], rtol=1e-4, atol=1e-6, err_msg=name)
+        assert first["wnids"][i] == [run.wnids[c] for c in top5]
+        assert first["names"][i] == [run.names[c] for c in top5]
+    assert "Not a JPEG or PNG" in answers[1]["error"]
+    assert answers[2]["classes"][0] == first["classes"][0]
+    assert "error" in answers[3]
+    assert "Image refused" in answers[4]["error"] and "12000" in answers[4]["error"]
+    assert "Image refused" in answers[5]["error"] and "60000" in answers[5]["error"]
+    assert answers[6]["classes"] == [first["classes"][4], first["classes"][2]]
+
+
+@pytest.mark.slow
+def test_saved_model_cli_show_and_run(shared_data, run, export_dir, tmp_path):
+    show = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", export_dir, "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr[-3000:]
+    for text in ("signature_def['serving_default']", "signature_def['serve_images']", "image_bytes",
+                 "probabilities", "wnids"):
+        assert text in show.stdout
+
+    encoded = run.val_files[3].read_bytes()
+    np.save(tmp_path / "bytes.npy", np.array([encoded], dtype=object), allow_pickle=True)
+    cli = subprocess.run(
+        [SAVED_MODEL_CLI, "run", "--dir", export_dir, "--tag_set", "serve", "--signature_def",
+         "serving_default", "--inputs", f"image_bytes={tmp_path / 'bytes.npy'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    top5 = np.argsort(-_python_path(run, encoded))[:5]
+    classes = cli.stdout.split("Result for output key classes:")[1].split("Result for")[0]
+    assert [int(v) for v in classes.replace("[", " ").replace("]", " ").split()] == top5.tolist()
