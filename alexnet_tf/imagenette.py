@@ -1,0 +1,146 @@
+"""Imagenette (10 easy ImageNet classes, fast.ai): download, verify, extract, convert.
+
+For people without ImageNet. The archive is fetched with Keras's download helper, its sha256 is
+checked, and its ``imagenette2-<size>/{train,val}/<wnid>/*.JPEG`` folders are converted by the
+same code as ImageNet (:func:`alexnet_tf.converter.convert`), with the 10 wnids as the classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from typing import Any
+
+from absl import logging
+
+from alexnet_tf import converter
+
+IMAGENETTE_URLS = {
+    160: "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+    320: "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+}
+IMAGENETTE_SHA256 = {
+    160: "64d0c4859f35a461889e0147755a999a48b49bf38a7e0f9bd27003f10db02fe5",
+    320: "569b4497c98db6dd29f335d1f109cf315fe127053cedf69010d047f0188e158c",
+}
+IMAGENETTE_BYTES = {160: 99_003_388, 320: 341_663_724}
+SYNSETS_FILE = "imagenette_synsets.txt"
+TRAIN_SHARDS, VALIDATION_SHARDS = 32, 8  # default shard counts for its 9,469 + 3,925 images
+_EXTRACTED_MARKER = ".extracted"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_imagenette(
+    download_directory: str, size: int = 160, url: str | None = None, sha256: str | None = None
+) -> str:
+    """Downloads (unless already there and intact) and extracts the Imagenette archive.
+
+    Args:
+      download_directory: where the archive and the extracted folders are kept.
+      size: 160 or 320, the variant's shorter side.
+      url, sha256: override the official archive location and checksum (e.g. for a mirror).
+
+    Returns:
+      The extracted root, holding ``train/`` and ``val/``.
+
+    Raises:
+      ConversionError: the size is unknown, the download's checksum is wrong, or the archive
+        does not have the expected layout.
+    """
+    if size not in IMAGENETTE_URLS:
+        raise converter.ConversionError(f"--imagenette_size must be one of {sorted(IMAGENETTE_URLS)}, got {size}")
+    url = url or IMAGENETTE_URLS[size]
+    sha256 = sha256 or IMAGENETTE_SHA256[size]
+    download_directory = os.path.abspath(download_directory)
+    os.makedirs(download_directory, exist_ok=True)
+    archive_name = os.path.basename(url.split("?")[0])
+    root_name = archive_name.split(".")[0]
+    root = os.path.join(download_directory, root_name)
+    if os.path.exists(os.path.join(root, _EXTRACTED_MARKER)):
+        return root
+    target = os.path.join(download_directory, archive_name)
+    import keras  # here, not at the top: the converter's worker processes need no Keras
+
+    try:
+        path = keras.utils.get_file(
+            fname=archive_name,
+            origin=url,
+            file_hash=sha256,
+            hash_algorithm="sha256",
+            cache_dir=download_directory,
+            cache_subdir="",
+        )
+    except ValueError as e:
+        actual = _sha256(target) if os.path.exists(target) else "nothing"
+        if os.path.exists(target):
+            os.remove(target)
+        raise converter.ConversionError(
+            f"{url}: the download's sha256 is {actual}, not the expected {sha256}; the file was deleted. "
+            "Retry, or check the URL/checksum you passed"
+        ) from e
+    except Exception as e:  # Keras reports network failures as a plain Exception.
+        raise converter.ConversionError(f"{url}: download failed ({e})") from e
+    staging = os.path.join(download_directory, f".{root_name}.extracting-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    logging.info("Extracting %s", path)
+    with tarfile.open(path) as archive:
+        archive.extractall(staging, filter="data")
+    extracted = os.path.join(staging, root_name)
+    if not all(os.path.isdir(os.path.join(extracted, split)) for split in ("train", "val")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise converter.ConversionError(f"{path}: expected {root_name}/train and {root_name}/val in the archive")
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(extracted, root)
+    shutil.rmtree(staging, ignore_errors=True)
+    open(os.path.join(root, _EXTRACTED_MARKER), "w").close()
+    return root
+
+
+def convert_imagenette(
+    output_directory: str,
+    download_directory: str | None = None,
+    size: int = 160,
+    url: str | None = None,
+    sha256: str | None = None,
+    labels_file: str | None = None,
+    **convert_options: Any,
+) -> dict[str, Any]:
+    """Downloads Imagenette and converts it to shards in ``output_directory``.
+
+    The classes are the wnids of ``train/`` in sorted order (labels 0-9), written to
+    ``imagenette_synsets.txt`` beside the extracted images, unless ``labels_file`` is given
+    (e.g. the 1000 ImageNet wnids, to keep ImageNet's label numbers).
+
+    Args:
+      output_directory: where the shards go.
+      download_directory: where the archive is kept; default ``output_directory``.
+      size, url, sha256: as for :func:`download_imagenette`.
+      labels_file: class wnids in label order.
+      **convert_options: passed to :func:`alexnet_tf.converter.convert` (shards, workers, resize...).
+
+    Returns:
+      The converter's summary.
+    """
+    root = download_imagenette(download_directory or output_directory, size, url, sha256)
+    train, val = os.path.join(root, "train"), os.path.join(root, "val")
+    if labels_file is None:
+        labels_file = os.path.join(root, SYNSETS_FILE)
+        wnids = sorted(name for name in os.listdir(train) if os.path.isdir(os.path.join(train, name)))
+        with open(labels_file, "w", encoding="utf-8") as f:
+            f.writelines(wnid + "\n" for wnid in wnids)
+    return converter.convert(
+        train_directory=train,
+        validation_directory=val,
+        output_directory=output_directory,
+        labels_file=labels_file,
+        **convert_options,
+    )
