@@ -346,7 +346,8 @@ def list_validation_files(
 # Plan, workers and shards.
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -409,7 +410,7 @@ def _shard_verifies(job: dict[str, Any], part: dict[str, Any] | None) -> bool:
     stats_path = os.path.join(job["parts_directory"], job["name"] + ".npz")
     if job["with_statistics"] and not os.path.exists(stats_path):
         return False
-    return os.path.exists(path) and os.path.getsize(path) == part["bytes"] and _sha256_file(path) == part["sha256"]
+    return os.path.exists(path) and os.path.getsize(path) == part["bytes"] and sha256_file(path) == part["sha256"]
 
 
 def _convert_shard(job: dict[str, Any]) -> dict[str, Any]:
@@ -464,7 +465,7 @@ def _convert_shard(job: dict[str, Any]) -> dict[str, Any]:
             )
             written += 1
             _count()
-    sha256 = _sha256_file(tmp)
+    sha256 = sha256_file(tmp)
     size = os.path.getsize(tmp)
     os.replace(tmp, os.path.join(out, name))
     if accumulator is not None:
@@ -978,7 +979,7 @@ def _verify_shard(job: dict[str, Any]) -> dict[str, Any]:
     count = 0
     if not os.path.exists(path):
         return {"name": entry["name"], "records": 0, "errors": [f"{path}: missing"]}
-    if os.path.getsize(path) != entry["bytes"] or _sha256_file(path) != entry["sha256"]:
+    if os.path.getsize(path) != entry["bytes"] or sha256_file(path) != entry["sha256"]:
         errors.append(f"{path}: size or sha256 differs from the manifest")
     low, high = job["label_offset"], job["label_offset"] + job["num_classes"]
     try:

@@ -7,7 +7,6 @@ same code as ImageNet (:func:`alexnet_tf.converter.convert`), with the 10 wnids 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -30,13 +29,6 @@ SYNSETS_FILE = "imagenette_synsets.txt"
 TRAIN_SHARDS, VALIDATION_SHARDS = 32, 8  # default shard counts for its 9,469 + 3,925 images
 _EXTRACTED_MARKER = ".extracted"
 
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_imagenette(
@@ -80,7 +72,7 @@ def download_imagenette(
             cache_subdir="",
         )
     except ValueError as e:
-        actual = _sha256(target) if os.path.exists(target) else "nothing"
+        actual = converter.sha256_file(target) if os.path.exists(target) else "nothing"
         if os.path.exists(target):
             os.remove(target)
         raise converter.ConversionError(

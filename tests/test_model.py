@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 from alexnet_tf import build_alexnet, get_config
+from alexnet_tf.export import xla_must_compile_functions
 from alexnet_tf.model import build_from_config
 
 PAPER_SHAPES = {
@@ -135,30 +133,18 @@ def test_keras_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(model(x, training=False).numpy(), loaded(x, training=False).numpy())
 
 
-def _must_compile_functions(export_dir: str) -> list[str]:
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    names = []
-    for meta_graph in saved.meta_graphs:
-        for function in meta_graph.graph_def.library.function:
-            attr = function.attr.get("_XlaMustCompile")
-            if attr is not None and attr.b:
-                names.append(function.signature.name)
-    return names
 
-
-def test_exported_towers_have_no_must_compile_functions(tmp_path):
+def test_exported_towers_have_noxla_must_compile_functions(tmp_path):
     model = build_alexnet(num_classes=5, input_size=67, width=0.25, seed=0)
     export_dir = str(tmp_path / "towers")
     model.export(export_dir, verbose=False)
-    assert _must_compile_functions(export_dir) == []
+    assert xla_must_compile_functions(export_dir) == []
     # The check can fail: Keras's own grouped convolution exports must-compile functions.
     inputs = keras.Input((13, 13, 8))
     grouped = keras.Model(inputs, keras.layers.Conv2D(8, 3, groups=2)(inputs))
     grouped_dir = str(tmp_path / "grouped")
     grouped.export(grouped_dir, verbose=False)
-    assert _must_compile_functions(grouped_dir)
+    assert xla_must_compile_functions(grouped_dir)
     # The exported towers still compute the model's function.
     reloaded = tf.saved_model.load(export_dir)
     x = np.random.default_rng(0).normal(size=(2, 67, 67, 3)).astype(np.float32) * 50
