@@ -22,9 +22,6 @@ class Config:
     towers: int = 2  # conv2, conv4, conv5 split across the paper's two GPUs
     dropout: float = 0.5
     bias_init: str = "paper"  # "paper" (1 in conv2/4/5, fc6/7) or "caffe" (0.1 there)
-    # "paper": weights N(0, 0.01); "he": N(0, 2 / fan_in), for narrow variants, whose signal the
-    # paper's fixed 0.01 shrinks to nothing by fc8
-    weight_init: str = "paper"
     weight_init: str = "paper"  # "paper" (N(0, 0.01)) or "he" (for narrow CPU variants)
 
     # Data (sections 2 and 4).
@@ -78,14 +75,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 10 classes of 300 + 50 images; minutes on 2 CPU cores.
     "shapes": dict(
         num_classes=10, input_size=67, width=0.25, image_size=76, bias_init="caffe", weight_init="he",
-        batch_size=32,
-        epochs=12, shuffle_buffer=3000, plateau_patience=2, seed=0,
+        batch_size=32, learning_rate=0.001, epochs=10, shuffle_buffer=3000, plateau_patience=2,
     ),
     # Imagenette (10 ImageNet classes, about 9,500 or 3,000 training images) on CPUs.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
-        batch_size=64,
-        epochs=30, shuffle_buffer=4000, plateau_patience=3,
+        batch_size=64, learning_rate=0.001,
+        epochs=60, shuffle_buffer=4000, plateau_patience=3,
     ),
 }
 

@@ -1,0 +1,360 @@
+"""The training loop: schedule, workdir contract, resume, NaN stop, strategies, the built-in run.
+
+Runs that need a fresh TensorFlow (logical CPU devices, TF_CONFIG, kill -9) execute this file
+as a script in a subprocess: ``python tests/test_training.py <mode> ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import tensorflow as tf  # noqa: E402
+
+from alexnet_tf import training  # noqa: E402
+from alexnet_tf.config import get_config  # noqa: E402
+
+NUM_IMAGES = 64
+# Mirrored (2 replicas) vs one device: the same sums in another order; float32 round-off.
+MIRRORED_ATOL = 1e-5
+
+
+def _tiny(**overrides):
+    base = dict(batch_size=16, deterministic=True, epochs=2)
+    return get_config("tiny", **{**base, **overrides})
+
+
+def _arrays(config, seed=0, num_images=NUM_IMAGES):
+    """Images whose class shows in their mean brightness, so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, config.num_classes, num_images).astype(np.int32)
+    size = config.input_size
+    images = rng.normal(0.0, 20.0, (num_images, size, size, 3)) + (labels[:, None, None, None] - 4.5) * 20.0
+    return images.astype(np.float32), labels
+
+
+def _inputs(config, seed=0):
+    images, labels = _arrays(config, seed)
+    return training.array_inputs(config, images, labels, images[:32], labels[:32])
+
+
+def _weights(model):
+    return [np.array(w) for w in model.weights]
+
+
+# --------------------------------------------------------------------------------------------
+# In-process tests
+
+
+def test_parse_lr_schedule():
+    assert training.parse_lr_schedule("plateau") == ("plateau", ())
+    assert training.parse_lr_schedule("step:30,60,80") == ("step", (30, 60, 80))
+    for bad in ("step:", "step:60,30", "step:a", "cosine", "step:0,10"):
+        with pytest.raises(ValueError, match="--lr_schedule"):
+            training.parse_lr_schedule(bad)
+
+
+def test_step_schedule_divides_by_ten_at_boundaries():
+    schedule = training.LearningRateSchedule(_tiny(lr_schedule="step:2,4", learning_rate=0.1))
+    rates = [schedule.rate_for_epoch(e) for e in range(6)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_plateau_schedule_patience_limit_and_checkpoint(tmp_path):
+    config = _tiny(learning_rate=0.01, plateau_patience=2, max_lr_reductions=2)
+    schedule = training.LearningRateSchedule(config)
+    errors = [0.9, 0.8, 0.8, 0.85]  # two epochs without improvement -> divide
+    reduced = [schedule.end_epoch(e) for e in errors]
+    assert reduced == [False, False, False, True]
+    assert schedule.rate_for_epoch(4) == pytest.approx(0.001)
+    path = tf.train.Checkpoint(schedule=schedule).write(str(tmp_path / "schedule"))
+    restored = training.LearningRateSchedule(config)
+    tf.train.Checkpoint(schedule=restored).read(path).assert_consumed()
+    assert restored.rate_for_epoch(4) == pytest.approx(0.001)
+    assert float(restored.best_error.numpy()) == pytest.approx(0.8)
+    # Two more stalls reach the limit of 2 reductions; a third changes nothing.
+    assert [restored.end_epoch(0.9) for _ in range(6)] == [False, True, False, False, False, False]
+    assert restored.rate_for_epoch(10) == pytest.approx(0.0001)
+    assert int(restored.reductions.numpy()) == 2
+
+
+def test_train_writes_the_workdir_contract_and_resumes(tmp_path):
+    config = _tiny(epochs=1)
+    inputs = _inputs(config)
+    first = training.train(config, str(tmp_path), inputs=inputs, verbose=False)
+    assert first["epochs_completed"] == 1 and first["resumed_from_epoch"] == 0
+    assert first["global_step"] == NUM_IMAGES // config.batch_size
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("val_top1_error", "val_top5_error", "epochs_completed", "resumed_from_epoch", "saved_model",
+                "data_dir"):
+        assert key in saved
+    assert 0.0 <= saved["val_top1_error"] <= 1.0
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 1
+    assert (tmp_path / "model.keras").exists()
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "logs" / "validation").glob("events.out.tfevents.*"))
+
+    second = training.train(config.replace(epochs=2), str(tmp_path), inputs=inputs, verbose=False)
+    assert second["resumed_from_epoch"] == 1 and second["epochs_completed"] == 2
+    assert second["global_step"] == 2 * first["global_step"]
+
+
+def test_tensorboard_logs_hold_the_promised_scalars(tmp_path):
+    config = _tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    tags = {}
+    for split in ("train", "validation"):
+        for path in (tmp_path / "logs" / split).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    tags.setdefault(split, set()).add(value.tag)
+    assert {"loss", "top1_error", "top5_error", "lr", "images_per_second"} <= tags["train"]
+    assert {"loss", "top1_error", "top5_error"} <= tags["validation"]
+
+
+def test_resuming_with_another_model_shape_is_refused(tmp_path):
+    config = _tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    wider = config.replace(width=0.25, epochs=2)
+    with pytest.raises(ValueError, match="config.json"):
+        training.train(wider, str(tmp_path), inputs=_inputs(wider), verbose=False, finish=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    images, labels = _arrays(config)
+    images[:] = np.nan
+    poisoned = training.array_inputs(config, images, labels)
+    with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is .*ckpt"):
+        training.train(config.replace(epochs=2), str(tmp_path), inputs=poisoned, verbose=False)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good
+    for name, _ in tf.train.list_variables(good):
+        if "VARIABLE_VALUE" in name and "optimizer" in name:
+            assert np.all(np.isfinite(tf.train.load_variable(good, name))), name
+
+
+def test_the_loop_learns(tmp_path):
+    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.001, weight_init="he", bias_init="caffe")
+    losses = []
+    summary = training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False,
+                             step_callback=lambda step, figures: losses.append(figures["loss"]))
+    assert len(losses) == 20 * NUM_IMAGES // 8
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
+    assert summary["val_top1_error"] < 0.5, summary
+
+
+def test_synthetic_inputs_time_the_step(tmp_path):
+    config = _tiny(epochs=1, steps_per_epoch=3)
+    summary = training.train(config, str(tmp_path), synthetic=True, verbose=False, finish=False)
+    assert summary["global_step"] == 3
+    assert summary["val_top1_error"] is None
+
+
+@pytest.mark.parametrize("overrides", [dict(precision="mixed_float16"), dict(precision="mixed_bfloat16"),
+                                       dict(jit_compile=True, deterministic=False)])
+def test_precision_and_xla_options_train(tmp_path, overrides):
+    config = _tiny(epochs=1, steps_per_epoch=2, **overrides)
+    summary = training.train(config, str(tmp_path), synthetic=True, verbose=False, finish=False)
+    assert summary["global_step"] == 2
+    assert np.isfinite(summary["weights_l2_norm"])
+
+
+def test_deterministic_xla_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--jit_compile"):
+        training.train(_tiny(jit_compile=True), str(tmp_path), synthetic=True, verbose=False)
+
+
+def test_built_in_data_end_to_end(tmp_path):
+    """Drawn JPEGs -> converter -> pipeline -> training -> centre/10-crop evaluation -> export."""
+    data_dir = training.prepare_shapes(str(tmp_path / "data"), train_per_class=8, val_per_class=2, num_workers=1)
+    assert training.count_records(data_dir, "train") == 80
+    config = get_config("shapes", data_dir=data_dir, epochs=1, batch_size=16, shuffle_buffer=80)
+    summary = training.train(config, str(tmp_path / "run"), verbose=False)
+    assert summary["data_dir"] == data_dir
+    assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
+    report = json.loads((tmp_path / "run" / "evaluation" / "report.json").read_text())
+    assert report["num_images"] == 20
+    assert summary["val_top1_error"] == report["center_crop"]["top1_error"]
+    assert summary["val_ten_crop_top1_error"] == report["ten_crop"]["top1_error"]
+    # Class names come from the drawn data set's metadata, through the export.
+    assert (pathlib.Path(data_dir) / training.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--data_dir"):
+        training.train(_tiny(), str(tmp_path), verbose=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Subprocess tests
+
+
+def _run_script(*args, env=None, timeout=120):
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, __file__, *map(str, args)], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _spawn(*args, env=None):
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, __file__, *map(str, args)], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_mirrored_two_cpus_matches_one_device(tmp_path):
+    out = tmp_path / "mirrored.json"
+    result = _run_script("mirrored", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["replicas"] == 2
+    assert figures["moved"] > 100 * MIRRORED_ATOL  # the steps did change the weights
+    assert figures["max_abs_difference"] < MIRRORED_ATOL, figures
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _spawn("run", whole, 0.0)
+    victim = _spawn("run", killed, 0.3)
+    deadline = time.time() + 90
+    # Kill once a mid-run checkpoint (global step 4 of 12) exists.
+    while not list((killed / "checkpoints").glob("ckpt-4.index")):
+        assert victim.poll() is None, victim.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (killed / "summary.json").exists()
+    assert reference.wait(timeout=90) == 0, reference.stdout.read()[-3000:]
+    resumed = _run_script("run", killed, 0.0)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["epochs_completed"] == 3
+    assert json.loads((whole / "summary.json").read_text())["resumed_from_epoch"] == 0
+    a, b = np.load(whole / "weights.npz"), np.load(killed / "weights.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    process = _spawn("run", tmp_path, 0.3)
+    deadline = time.time() + 60
+    while not list((tmp_path / "checkpoints").glob("ckpt-2.index")):
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "SIGTERM" in output
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    step = int(tf.train.load_variable(latest, "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert 2 < step < 12  # saved on the way out, between the periodic checkpoints
+    assert not (tmp_path / "summary.json").exists()
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
+    ports = _free_ports(2)
+    workers = [_spawn("mwms", i, ports[0], ports[1], tmp_path / "run", tmp_path / f"worker{i}.json")
+               for i in range(2)]
+    outputs = [w.communicate(timeout=150)[0] for w in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+    results = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    assert results[0]["replicas"] == results[1]["replicas"] == 2
+    assert results[0]["global_step"] == results[1]["global_step"] == 4
+    assert results[0]["weights_l2_norm"] == results[1]["weights_l2_norm"]
+    assert results[0]["val_top1_error"] == results[1]["val_top1_error"]
+    assert (tmp_path / "run" / "summary.json").exists()  # only the chief writes it
+    assert not list((tmp_path / "run").glob(".worker_*"))
+
+
+# --------------------------------------------------------------------------------------------
+# Script modes
+
+
+def _mirrored(out):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    config = _tiny(dropout=0.0, pca_std=0.0)
+    inputs = _inputs(config)
+    results = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        trainer = training.Trainer(config, strategy)
+        start = _weights(trainer.model)
+        trainer.set_learning_rate(config.learning_rate)
+        iterator = trainer.distribute(inputs, 0)
+        for _ in range(3):
+            trainer.train_step(iterator)
+        results[name] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
+    (start, one, _), (_, two, replicas) = results["one"], results["two"]
+    figures = {
+        "replicas": replicas,
+        "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
+        "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+    }
+    pathlib.Path(out).write_text(json.dumps(figures))
+
+
+def _run(workdir, delay):
+    config = _tiny(epochs=3, checkpoint_every_steps=2)
+    delay = float(delay)
+    summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
+                             step_callback=lambda step, figures: time.sleep(delay))
+    if "stopped" in summary:
+        print("stopped by", summary["stopped"], flush=True)
+        return
+    import keras
+
+    model = keras.saving.load_model(os.path.join(workdir, training.MODEL_FILE), compile=False)
+    np.savez(os.path.join(workdir, "weights.npz"), **{w.path: np.array(w) for w in model.weights})
+
+
+def _mwms(task_index, port0, port1, workdir, out):
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"localhost:{port0}", f"localhost:{port1}"]},
+        "task": {"type": "worker", "index": int(task_index)},
+    })
+    strategy = training.make_strategy()
+    config = _tiny(epochs=2, steps_per_epoch=2)
+    summary = training.train(config, workdir, inputs=_inputs(config), strategy=strategy, verbose=False)
+    pathlib.Path(out).write_text(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "global_step": summary["global_step"],
+        "val_top1_error": summary["val_top1_error"],
+        "weights_l2_norm": summary["weights_l2_norm"],
+    }))
+
+
+if __name__ == "__main__":
+    modes = {"mirrored": _mirrored, "run": _run, "mwms": _mwms}
+    modes[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,73 @@
+"""Trains AlexNet: the paper's recipe, or a small built-in run when no data is given.
+
+    python train.py                                   # built-in data set, drawn and converted here
+    python train.py --data_dir=/data/imagenet-records # the paper preset on converted ImageNet
+    python train.py --dataset=imagenette --imagenette_dir=../shared/data/imagenette
+    python train.py --preset=paper --synthetic --steps_per_epoch=20 --epochs=1   # time the step
+
+Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
+``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``). Running again with the same
+``--workdir`` resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags, logging  # noqa: E402
+
+from alexnet_tf import config as config_lib  # noqa: E402
+from alexnet_tf import training  # noqa: E402
+
+DATASET_PRESETS = {"shapes": "shapes", "imagenette": "imagenette", "records": "paper", "synthetic": "paper"}
+
+flags.DEFINE_enum("dataset", None, sorted(DATASET_PRESETS),
+                  "shapes: the built-in drawn data set; imagenette: Imagenette (--imagenette_dir or "
+                  "download); records: --data_dir; synthetic: random tensors. Default: records with "
+                  "--data_dir, else shapes.")
+flags.DEFINE_string("preset", None, f"one of {sorted(config_lib.PRESETS)}; default follows --dataset")
+flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go; default runs/<preset>")
+flags.DEFINE_string("imagenette_dir", None, "Imagenette JPEG folders (train/, val/); default: download")
+flags.DEFINE_bool("synthetic", False, "same as --dataset=synthetic")
+flags.DEFINE_integer("num_gpus", None, "GPUs to use (default all visible; 0 for the CPU)")
+for _field in dataclasses.fields(config_lib.Config):
+    _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+               str: flags.DEFINE_string}[type(_field.default)]
+    _define(_field.name, None, f"Config.{_field.name} (default: the preset's, {_field.default!r} in paper)")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    dataset = FLAGS.dataset or ("synthetic" if FLAGS.synthetic else "records" if FLAGS.data_dir else "shapes")
+    preset = FLAGS.preset or DATASET_PRESETS[dataset]
+    overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
+                 if FLAGS[f.name].value is not None}
+    config = config_lib.get_config(preset, **overrides)
+    workdir = FLAGS.workdir or os.path.join("runs", preset)
+    data_root = os.path.join(workdir, "data")
+    if dataset == "shapes":
+        config = config.replace(data_dir=training.prepare_shapes(data_root, seed=config.seed))
+    elif dataset == "imagenette":
+        data_dir = training.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir)
+        config = config.replace(data_dir=data_dir)
+    elif dataset == "records" and not config.data_dir:
+        raise app.UsageError("--dataset=records needs --data_dir, the converter's output")
+    try:
+        summary = training.train(config, workdir, strategy=training.make_strategy(FLAGS.num_gpus),
+                                 synthetic=dataset == "synthetic")
+    except training.NonFiniteLossError as e:
+        logging.error("%s", e)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
