@@ -13,7 +13,7 @@ A work directory holds everything a run writes::
                        epoch, step, schedule state, dropout RNG state
     logs/train, logs/validation   TensorBoard
     model.keras        the final model
-    saved_model/       the serving export (export.py)
+    saved_model/1/     the serving export (export.py); saved_model/ is a TensorFlow Serving base path
     evaluation/        centre-crop and 10-crop report (evaluation.py)
     summary.json       the final figures and where everything went
 
@@ -52,7 +52,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 MODEL_FILE = "model.keras"
-EXPORT_DIR = "saved_model"
+EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
 REPORT_DIR = "evaluation"
 SUMMARY_FILE = "summary.json"
 SYNSETS_FILE = "synsets.txt"  # the converter's, beside the shards: the wnids in label order
