@@ -13,7 +13,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_tf import evaluation, export  # noqa: E402
+from alexnet_tf import evaluation, export, training  # noqa: E402
 from alexnet_tf.converter import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
@@ -24,6 +24,7 @@ flags.DEFINE_integer("batch_size", 0, "Images per batch; 0 keeps the run's.")
 flags.DEFINE_bool("ten_crop", True, "Also run the paper's 10-crop test.")
 flags.DEFINE_string("synsets", None, "wnids in label order; default the converter's synsets.txt, else ImageNet's.")
 flags.DEFINE_bool("figures", False, "Also draw Figures 3 and 4 (needs --checkpoint).")
+flags.DEFINE_integer("num_gpus", None, "GPUs to evaluate on, as in train.py (default all visible; 0 for the CPU).")
 flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for Figure 4's neighbours.")
 FLAGS = flags.FLAGS
 
@@ -34,8 +35,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("pass exactly one of --checkpoint and --saved_model")
     if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
+    strategy = None
     if FLAGS.checkpoint:
-        model, config = evaluation.load_model(FLAGS.checkpoint)
+        # The same strategy as training: the Keras model's variables are mirrored over the GPUs.
+        strategy = training.make_strategy(FLAGS.num_gpus)
+        with strategy.scope():
+            model, config = evaluation.load_model(FLAGS.checkpoint)
     else:
         model, config = export.load_predictor(FLAGS.saved_model)
     if FLAGS.batch_size:
@@ -47,7 +52,8 @@ def main(argv: list[str]) -> None:
     if not synsets and os.path.exists(os.path.join(data_dir, SYNSETS_FILE)):
         synsets = os.path.join(data_dir, SYNSETS_FILE)
     names = evaluation.class_labels(config.num_classes, synsets)[1] if synsets or config.num_classes == 1000 else None
-    report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, ten_crop=FLAGS.ten_crop, class_names=names)
+    report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,
+                                 class_names=names)
     for view in ("center_crop", "ten_crop"):
         if view in report:
             logging.info("%s: top-1 error %.2f%%, top-5 error %.2f%%", view,

@@ -25,7 +25,7 @@ _SEED_PURPOSES = {"files": 1, "records": 2, "augment": 3}
 
 
 def file_pattern(data_dir: str, split: str) -> str:
-    """The glob of a split's shards, e.g. ``<data_dir>/train-*-of-*``.
+    """The glob of a split's shards, ``<data_dir>/train-NNNNN-of-NNNNN`` (temporary files excluded).
 
     Raises:
       ValueError: for an unknown split.
@@ -33,7 +33,7 @@ def file_pattern(data_dir: str, split: str) -> str:
     """
     if split not in SPLIT_PREFIXES:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_PREFIXES)}")
-    pattern = os.path.join(data_dir, f"{SPLIT_PREFIXES[split]}-*-of-*")
+    pattern = os.path.join(data_dir, records.shard_glob(SPLIT_PREFIXES[split]))
     if not tf.io.gfile.glob(pattern):
         raise FileNotFoundError(
             f"no {split} shards ({os.path.basename(pattern)}) in {data_dir!r}: check --data_dir, "

@@ -37,6 +37,7 @@ VALIDATION_SPLIT = "validation"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
+METADATA_FILE = "metadata.txt"  # optional, beside a synsets file: wnid<TAB>name
 # Section 6 of the paper: one CNN, 10-crop test.
 PAPER_RESULTS = {
     "ILSVRC-2012 validation, one CNN": {"top1_error": 0.407, "top5_error": 0.182},
@@ -174,6 +175,10 @@ def metrics(
 def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[list[str], list[str]]:
     """``(wnids, names)`` in label order: from ``synsets_file``, or ImageNet's 1000 classes.
 
+    Names come from a ``metadata.txt`` (``wnid<TAB>name``) beside ``synsets_file`` when there is
+    one (training writes it beside its records, e.g. for the built-in data set's made-up wnids),
+    else from the shipped ImageNet metadata; a wnid without a name stands for itself.
+
     Raises:
       ValueError: naming the file when it does not list ``num_classes`` wnids, or when no file
         is given for a model that does not have 1000 classes.
@@ -187,7 +192,8 @@ def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[lis
     if len(wnids) != num_classes:
         raise ValueError(f"{synsets_file or imagenet.DEFAULT_SYNSETS_FILE} lists {len(wnids)} wnids, "
                          f"the model has {num_classes} classes")
-    metadata = imagenet.load_metadata()
+    beside = os.path.join(os.path.dirname(synsets_file), METADATA_FILE) if synsets_file else ""
+    metadata = imagenet.load_metadata(beside if beside and os.path.exists(beside) else None)
     return wnids, [metadata.get(wnid, wnid) for wnid in wnids]
 
 
@@ -323,6 +329,7 @@ def load_model(path: str) -> tuple[keras.Model, Config]:
 
     Raises:
       FileNotFoundError: naming ``path`` when it holds none of these.
+      ValueError: naming the checkpoint, when it does not restore every weight of the model.
     """
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     config_path = os.path.join(directory, CONFIG_FILE)
@@ -340,5 +347,12 @@ def load_model(path: str) -> tuple[keras.Model, Config]:
         raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor a checkpoint in {CHECKPOINT_DIR}/")
     logging.info("Restoring %s", latest)
     model = model_lib.build_from_config(config)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    # Every variable of the model must come from the checkpoint (not its initialiser); the
+    # checkpoint's optimizer and run state are not needed here.
+    status = tf.train.Checkpoint(model=model).restore(latest)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(f"{latest} does not hold the weights of the model in {config_path}: {e}") from e
+    status.expect_partial()
     return model, config

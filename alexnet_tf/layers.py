@@ -27,9 +27,11 @@ class LocalResponseNormalization(keras.layers.Layer):
     ``local_size=5, alpha=5e-4, k=2, beta=0.75`` (Caffe) and
     ``LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)`` (torch).
 
-    Computed by ``tf.nn.local_response_normalization`` (``depth_radius = n // 2``), which has
-    float32 and float16 CPU kernels but no bfloat16 one: other dtypes are computed in float32 and
-    cast back. Inputs are channels-last.
+    Computed by ``tf.nn.local_response_normalization`` (``depth_radius = n // 2``) in float32
+    whatever the input dtype, and cast back: there is no bfloat16 CPU kernel, and the float16 one
+    sums the squares in float16, which overflows (NaN or 0 outputs) once five neighbouring
+    activations exceed about 115, well within the range of conv1's ReLUs on 0-255 pixels.
+    Inputs are channels-last.
 
     Args:
       size: n, the number of adjacent channels summed over (odd).
@@ -51,7 +53,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = inputs
-        if x.dtype not in (tf.float32, tf.float16):
+        if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
         y = tf.nn.local_response_normalization(
             x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha, beta=self.beta

@@ -201,7 +201,9 @@ def pca_offset(eigenvalues, eigenvectors, std: float, seed: tf.Tensor) -> tf.Ten
     """The paper's colour noise for one image (section 4.1): sum_i alpha_i * lambda_i * p_i.
 
     Args:
-      eigenvalues: (3,) of the RGB covariance, 0-255 scale.
+      eigenvalues: (3,) in the convention of ``statistics.IMAGENET_EIGENVALUES``: those of the
+        covariance of [0, 1] pixels times 255 (the 0-255 covariance's divided by 255), so the
+        offset is in 0-255 pixel units.
       eigenvectors: (3, 3), the unit eigenvectors p_i as columns (rows R, G, B).
       std: the standard deviation of alpha_i ~ N(0, std) (the paper's 0.1).
       seed: int32 or int64 [2].
@@ -220,7 +222,9 @@ def ten_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
 
     Order: top-left, top-right, bottom-left, bottom-right and centre crops of ``image``, then the
     same five positions of its mirror image ``image[:, ::-1]``. The centre crop starts at
-    ((h - crop_size) // 2, (w - crop_size) // 2).
+    ((h - crop_size) // 2, (w - crop_size) // 2); the mirror's centre crop is its exact reflection
+    (it starts at column ``w - crop_size - (w - crop_size) // 2`` of the mirror, one column further
+    when ``w - crop_size`` is odd, as it is for 256 -> 227), so patch 9 is patch 4 reflected.
 
     Returns:
       [10, crop_size, crop_size, c], the dtype of ``image``.
@@ -228,10 +232,10 @@ def ten_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
     bottom, right = shape[0] - crop_size, shape[1] - crop_size
-    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)]
     crops = []
-    for view in (image, tf.reverse(image, axis=[1])):
-        crops.extend(view[y : y + crop_size, x : x + crop_size] for y, x in corners)
+    for view, centre_x in ((image, right // 2), (tf.reverse(image, axis=[1]), right - right // 2)):
+        crops.extend(view[y : y + crop_size, x : x + crop_size] for y, x in [*corners, (bottom // 2, centre_x)])
     patches = tf.stack(crops)
     patches.set_shape([NUM_CROPS, crop_size, crop_size, image.shape[-1]])
     return patches

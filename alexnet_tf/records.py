@@ -35,6 +35,12 @@ def shard_name(prefix: str, index: int, num_shards: int) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}"
 
 
+def shard_glob(prefix: str) -> str:
+    """A glob matching exactly the names ``shard_name`` gives, not temporary files beside them."""
+    digits = "[0-9]" * 5
+    return f"{prefix}-{digits}-of-{digits}"
+
+
 def _bytes(values: list[bytes]) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 

@@ -36,7 +36,8 @@ class DatasetStatistics:
     Attributes:
       mean_rgb: (3,) per-channel mean.
       std_rgb: (3,) per-channel standard deviation.
-      eigenvalues: (3,) eigenvalues of the 3x3 RGB covariance, largest first.
+      eigenvalues: (3,) eigenvalues of the 3x3 RGB covariance of [0, 1] pixels times 255
+        (not of the 0-255 covariance: see ``StatisticsAccumulator``), largest first.
       eigenvectors: (3, 3) the matching unit eigenvectors as columns (rows R, G, B).
       mean_image: (H, W, 3) float32 mean of the centre-cropped training images, or None.
       num_images: how many images the figures were computed from (0 for published values).

@@ -73,7 +73,16 @@ def _labels(dataset) -> list[int]:
 
 
 def test_file_pattern(shards, tmp_path):
-    assert data.file_pattern(str(shards), "train") == os.path.join(str(shards), "train-*-of-*")
+    pattern = data.file_pattern(str(shards), "train")
+    assert sorted(tf.io.gfile.glob(pattern)) == sorted(tf.io.gfile.glob(os.path.join(str(shards), "train-*-of-*")))
+    # A converter's half-written temporary file beside the shards is not read.
+    temporary = tf.io.gfile.glob(pattern)[0] + ".tmp-123"
+    with open(temporary, "wb") as f:
+        f.write(b"partial")
+    try:
+        assert temporary not in tf.io.gfile.glob(pattern)
+    finally:
+        os.remove(temporary)
     assert len(tf.io.gfile.glob(data.file_pattern(str(shards), "validation"))) == 2
     empty = tmp_path / "nothing_here"
     empty.mkdir()

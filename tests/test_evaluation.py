@@ -183,6 +183,16 @@ def test_class_labels():
         evaluation.class_labels(10)
 
 
+def test_class_labels_read_the_metadata_beside_the_synsets_file(tmp_path):
+    """The built-in data set's made-up wnids get their names from metadata.txt beside synsets.txt."""
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("n99000000\nn01440764\n")
+    assert evaluation.class_labels(2, str(synsets))[1] == ["n99000000", "tench, Tinca tinca"]
+    (tmp_path / evaluation.METADATA_FILE).write_text("n99000000\tdisc\nn01440764\tfish\n")
+    wnids, names = evaluation.class_labels(2, str(synsets))
+    assert wnids == ["n99000000", "n01440764"] and names == ["disc", "fish"]
+
+
 @pytest.mark.slow
 def test_evaluate_cli(shared_data, run, tmp_path):
     workdir = tmp_path / "run"
@@ -203,3 +213,21 @@ def test_evaluate_cli(shared_data, run, tmp_path):
     usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert usage.returncode != 0 and "exactly one of --checkpoint and --saved_model" in usage.stderr
+
+
+def test_load_model_refuses_a_checkpoint_without_the_models_weights(tmp_path):
+    """A checkpoint that does not hold the model's weights must not yield a randomly initialised model."""
+    config = evaluation.Config().replace(num_classes=3, input_size=67, width=0.125, image_size=76)
+    model = build_from_config(config, seed=1)
+    images = np.random.default_rng(0).normal(size=(2, 67, 67, 3)).astype(np.float32) * 50
+    for name, key in (("right", "model"), ("wrong", "net")):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / evaluation.CONFIG_FILE).write_text(config.to_json())
+        tf.train.CheckpointManager(
+            tf.train.Checkpoint(**{key: model}), str(workdir / evaluation.CHECKPOINT_DIR), max_to_keep=1
+        ).save()
+    loaded, _ = evaluation.load_model(str(tmp_path / "right"))
+    np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not hold the weights"):
+        evaluation.load_model(str(tmp_path / "wrong"))

@@ -47,11 +47,21 @@ def test_lrn_float16_and_mixed_precision():
     got = LocalResponseNormalization(dtype="float16")(tf.constant(a))
     assert got.dtype == tf.float16
     np.testing.assert_allclose(got.numpy().astype(np.float64), lrn_reference(a), rtol=2e-3)
-    # Under the mixed policy float32 inputs are computed in float16.
+    # Under the mixed policy float32 inputs are cast to float16 (the layer computes in float32 inside).
     layer = LocalResponseNormalization(dtype="mixed_float16")
     out = layer(tf.constant(a.astype(np.float32)))
     assert out.dtype == tf.float16
     np.testing.assert_allclose(out.numpy().astype(np.float64), lrn_reference(a), rtol=2e-3)
+
+
+def test_lrn_float16_large_activations_do_not_overflow():
+    """Squares of activations above ~115 overflow float16 (max 65504); the layer must not."""
+    a = np.random.default_rng(3).uniform(100, 400, size=(1, 2, 2, 8)).astype(np.float16)
+    for dtype in ("float16", "mixed_float16"):
+        out = LocalResponseNormalization(dtype=dtype)(tf.constant(a))
+        assert out.dtype == tf.float16
+        assert np.all(np.isfinite(out.numpy()))
+        np.testing.assert_allclose(out.numpy().astype(np.float64), lrn_reference(a), rtol=2e-3)
 
 
 def test_lrn_bfloat16_computes_in_float32():

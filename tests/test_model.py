@@ -134,7 +134,7 @@ def test_keras_save_load_round_trip(tmp_path):
 
 
 
-def test_exported_towers_have_noxla_must_compile_functions(tmp_path):
+def test_exported_towers_have_no_must_compile_functions(tmp_path):
     model = build_alexnet(num_classes=5, input_size=67, width=0.25, seed=0)
     export_dir = str(tmp_path / "towers")
     model.export(export_dir, verbose=False)

@@ -128,6 +128,18 @@ def test_ten_crop_exact_positions():
     assert tuple(crops[4, 0, 0, :2]) == (2, 4)
 
 
+def test_ten_crop_mirror_patches_are_reflections_with_odd_margin():
+    """Patches 5-9 are the reflections of patches 0-4 (paper section 4.1), also when w - crop is
+    odd, as for 256 -> 227: the mirror's centre patch is the centre patch reflected."""
+    height, width, crop = 10, 13, 4  # margins 6 and 9: the centre column offset is 4.5
+    image = _coordinates(height, width)
+    crops = _both(lambda im: preprocess.ten_crop(im, crop), image)
+    np.testing.assert_array_equal(crops[4], image[3:7, 4:8])
+    np.testing.assert_array_equal(crops[9], crops[4][:, ::-1])
+    for original, mirrored in ((1, 5), (0, 6), (3, 7), (2, 8)):
+        np.testing.assert_array_equal(crops[mirrored], crops[original][:, ::-1])
+
+
 def test_random_crop_always_inside_image():
     image = _coordinates(11, 14)
     seen = set()
