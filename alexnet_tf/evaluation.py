@@ -113,7 +113,7 @@ def predict_top_k(
             bar.add(1)
     end = time.perf_counter()
     if not tops:
-        raise ValueError("the evaluation dataset is empty")
+        raise ValueError("the evaluation dataset is empty: the validation shards hold no records")
     tops, labels = np.concatenate(tops).astype(np.int32), np.concatenate(labels).astype(np.int32)
     if len(tops) > first_batch_images:
         seconds = (end - first_batch_end) * len(tops) / (len(tops) - first_batch_images)

@@ -222,8 +222,11 @@ def count_records(data_dir: str, split: str) -> int:
     """How many records a split holds: from the converter's manifest, else by reading the shards."""
     manifest_path = os.path.join(data_dir, MANIFEST_FILE)
     if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            splits = json.load(f).get("splits", {})
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                splits = json.load(f).get("splits", {})
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{manifest_path} is not a converter manifest ({e}); re-run the converter") from e
         prefix = data.SPLIT_PREFIXES[split]
         if prefix in splits:
             return int(splits[prefix]["num_records"])
@@ -610,15 +613,12 @@ def _class_labels(config: Config, data_dir: str) -> tuple[list[str], list[str]]:
     """``(wnids, names)`` for the export: beside the shards, else ImageNet's, else ``class_i``."""
     synsets = os.path.join(data_dir, SYNSETS_FILE) if data_dir else ""
     if synsets and os.path.exists(synsets):
-        wnids = imagenet.load_synsets(synsets)
-        metadata_path = os.path.join(data_dir, METADATA_FILE)
-        metadata = imagenet.load_metadata(metadata_path if os.path.exists(metadata_path) else None)
-        if len(wnids) == config.num_classes:
-            return wnids, [metadata.get(w, w) for w in wnids]
-        logging.warning("%s lists %d wnids for a %d-class model; ignoring it", synsets, len(wnids),
-                        config.num_classes)
+        try:
+            return evaluation.class_labels(config.num_classes, synsets)
+        except ValueError as e:
+            logging.warning("%s; ignoring it", e)
     if config.num_classes == 1000:
-        return imagenet.load_synsets(), imagenet.class_names()
+        return evaluation.class_labels(1000)
     labels = [f"class_{i}" for i in range(config.num_classes)]
     return labels, labels
 
