@@ -77,13 +77,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_classes=10, input_size=67, width=0.25, image_size=76, bias_init="caffe", weight_init="he",
         batch_size=32, learning_rate=0.001, epochs=10, shuffle_buffer=3000, plateau_patience=2,
     ),
-    # Imagenette (10 ImageNet classes, about 9,500 or 3,000 training images) on CPUs. The raw-pixel
-    # gradient of conv1 is large next to its "he" weights: lr 0.001 wrecks conv1 in the first
-    # steps, so 0.0005; dropout 0 (0.5 and 0.25 learned far slower on 3,000 images); a fixed step
-    # schedule (the plateau rule cut the rate too early on a noisy 500-image validation set).
+    # Imagenette (10 ImageNet classes, about 9,500 or 3,000 training images) on CPUs. With the
+    # pixels scaled before conv1 ("he"), lr 0.003 is stable and the paper's dropout helps: measured
+    # 68.6% top-1 (centre) against 62.2% for lr 0.0005 without dropout. A fixed step schedule: the
+    # plateau rule cut the rate too early on a noisy 500-image validation set.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
-        batch_size=64, learning_rate=0.0005, dropout=0.0, lr_schedule="step:60,80",
+        batch_size=64, learning_rate=0.003, dropout=0.5, lr_schedule="step:60,80",
         epochs=90, shuffle_buffer=4000,
     ),
 }

@@ -64,7 +64,7 @@ def build_alexnet(
       bias_init: "paper" (biases 1 in conv2, conv4, conv5, fc6, fc7) or "caffe" (0.1 there);
         all other biases are 0.
       weight_init: "paper" (all weights N(0, 0.01)) or "he" (variance 2 / fan_in, truncated
-        normal; conv1's also divided by the pixel variance, 58^2).
+        normal, with the pixels divided by their standard deviation, 58, before conv1).
         With N(0, 0.01) the signal shrinks from layer to layer, the more so the narrower the
         network, and training sits on a plateau before it starts; scaled-down CPU variants
         use "he" to skip it.
@@ -101,10 +101,8 @@ def build_alexnet(
         if weight_init == "paper":
             kernel_initializer = keras.initializers.RandomNormal(0.0, WEIGHT_STDDEV, seed=weight_seed)
         else:
-            # He et al.'s variance assumes unit-variance inputs; conv1 sees raw pixels.
-            scale = 2.0 / PIXEL_STDDEV**2 if layer_name == "conv1" else 2.0
             kernel_initializer = keras.initializers.VarianceScaling(
-                scale, mode="fan_in", distribution="truncated_normal", seed=weight_seed
+                2.0, mode="fan_in", distribution="truncated_normal", seed=weight_seed
             )
         return dict(
             name=layer_name,
@@ -124,7 +122,13 @@ def build_alexnet(
         return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)(x)
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
-    x = conv(inputs, "conv1", 96, 11, stride=4)
+    x = inputs
+    if weight_init == "he":
+        # He et al.'s variance assumes unit-variance inputs. Scaling the pixels, rather than
+        # shrinking conv1's weights by the same factor, keeps conv1's updates in proportion to
+        # its weights (shrunk weights would see 58^2 times larger relative steps).
+        x = keras.layers.Rescaling(1.0 / PIXEL_STDDEV, name="pixel_scale")(x)
+    x = conv(x, "conv1", 96, 11, stride=4)
     x = pool(LocalResponseNormalization(name="lrn1")(x), "pool1")
     x = conv(x, "conv2", 256, 5, split=towers)
     x = pool(LocalResponseNormalization(name="lrn2")(x), "pool2")
