@@ -150,7 +150,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_the_loop_learns(tmp_path):
-    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.001, weight_init="he", bias_init="caffe")
+    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe")
     losses = []
     summary = training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False,
                              step_callback=lambda step, figures: losses.append(figures["loss"]))
