@@ -46,21 +46,16 @@ from tensorflow.python.framework import config as tf_framework_config
 from alexnet_tf import converter, data, evaluation, export, imagenet, imagenette, statistics, synthetic_data
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
+from alexnet_tf.converter import MANIFEST_FILE, SYNSETS_FILE
+from alexnet_tf.evaluation import CHECKPOINT_DIR, CONFIG_FILE, METADATA_FILE, MODEL_FILE, TOP_K
 from alexnet_tf.optimizer import PaperSGD
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
-MODEL_FILE = "model.keras"
 EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
 REPORT_DIR = "evaluation"
 SUMMARY_FILE = "summary.json"
-SYNSETS_FILE = "synsets.txt"  # the converter's, beside the shards: the wnids in label order
-MANIFEST_FILE = "manifest.json"  # the converter's: record counts per split
-METADATA_FILE = "metadata.txt"  # optional, beside the shards: wnid<TAB>name
 CHECKPOINTS_TO_KEEP = 3
 LR_DIVISOR = 10.0  # section 5: "divide the learning rate by 10"
-TOP_K = 5
 SYNTHETIC_STEPS_PER_EPOCH = 50
 TRAIN_SHARDS = 8  # for the small data sets prepared here
 VALIDATION_SHARDS = 2
