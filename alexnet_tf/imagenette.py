@@ -97,6 +97,14 @@ def download_imagenette(
     return root
 
 
+def write_synsets(train_directory: str, path: str) -> str:
+    """Writes the wnids of ``train_directory``'s class folders, sorted (labels 0..9), to ``path``."""
+    wnids = sorted(name for name in os.listdir(train_directory) if os.path.isdir(os.path.join(train_directory, name)))
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(wnid + "\n" for wnid in wnids)
+    return path
+
+
 def convert_imagenette(
     output_directory: str,
     download_directory: str | None = None,
@@ -125,10 +133,7 @@ def convert_imagenette(
     root = download_imagenette(download_directory or output_directory, size, url, sha256)
     train, val = os.path.join(root, "train"), os.path.join(root, "val")
     if labels_file is None:
-        labels_file = os.path.join(root, SYNSETS_FILE)
-        wnids = sorted(name for name in os.listdir(train) if os.path.isdir(os.path.join(train, name)))
-        with open(labels_file, "w", encoding="utf-8") as f:
-            f.writelines(wnid + "\n" for wnid in wnids)
+        labels_file = write_synsets(train, os.path.join(root, SYNSETS_FILE))
     return converter.convert(
         train_directory=train,
         validation_directory=val,

@@ -362,10 +362,7 @@ def prepare_imagenette(root: str, image_size: int, source_dir: str | None = None
     if not os.path.isdir(train_dir):
         raise FileNotFoundError(f"--imagenette_dir={source_dir}: no train/ folder of <wnid>/ image folders")
     os.makedirs(root, exist_ok=True)
-    labels_file = os.path.join(root, SYNSETS_FILE)
-    wnids = sorted(name for name in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, name)))
-    with open(labels_file, "w", encoding="utf-8") as f:
-        f.write("".join(w + "\n" for w in wnids))
+    labels_file = imagenette.write_synsets(train_dir, os.path.join(root, SYNSETS_FILE))
     paths = {"train_directory": train_dir, "validation_directory": os.path.join(source_dir, "val"),
              "labels_file": labels_file}
     return _convert_folders(paths, records_dir, image_size, num_workers)
