@@ -170,21 +170,26 @@ def _feature(example: tf.train.Example, key: str):
     return (feature.bytes_list.value or feature.int64_list.value)[0]
 
 
-@pytest.fixture(scope="module")
-def sample_run(shared_data, tmp_path_factory):
-    """The real sample (40 classes + the flat validation images), converted once, keep-bytes."""
-    tmp = tmp_path_factory.mktemp("sample")
-    train = _sample_subset(shared_data, tmp)
-    out = tmp / "out"
-    summary = converter.convert(
+def _convert_sample(shared_data, train, out, num_workers):
+    """The sample subset and the flat validation images, converted with the test's shard counts."""
+    return converter.convert(
         train_directory=str(train),
         validation_directory=str(shared_data / "imagenet-sample" / "val"),
         validation_labels_file=str(shared_data / "metadata" / "imagenet_2012_validation_synset_labels.txt"),
         output_directory=str(out),
         train_shards=4,
         validation_shards=2,
-        num_workers=1,
+        num_workers=num_workers,
     )
+
+
+@pytest.fixture(scope="module")
+def sample_run(shared_data, tmp_path_factory):
+    """The real sample (40 classes + the flat validation images), converted once, keep-bytes."""
+    tmp = tmp_path_factory.mktemp("sample")
+    train = _sample_subset(shared_data, tmp)
+    out = tmp / "out"
+    summary = _convert_sample(shared_data, train, out, num_workers=1)
     return train, out, summary
 
 
@@ -224,15 +229,7 @@ def test_real_sample_keeps_bytes_labels_and_writes_outputs(shared_data, sample_r
 def test_deterministic_across_worker_counts_and_verify(shared_data, sample_run, tmp_path):
     train, out, _ = sample_run
     again = tmp_path / "again"
-    converter.convert(
-        train_directory=str(train),
-        validation_directory=str(shared_data / "imagenet-sample" / "val"),
-        validation_labels_file=str(shared_data / "metadata" / "imagenet_2012_validation_synset_labels.txt"),
-        output_directory=str(again),
-        train_shards=4,
-        validation_shards=2,
-        num_workers=2,
-    )
+    _convert_sample(shared_data, train, again, num_workers=2)
     assert _shards(again) == _shards(out)
     for name in (converter.MANIFEST_FILE, statistics.STATISTICS_FILE, statistics.MEAN_IMAGE_FILE):
         assert (again / name).read_bytes() == (out / name).read_bytes()
