@@ -52,6 +52,30 @@ def test_metrics_known_answer():
     assert [(p["true"], p["predicted"], p["count"]) for p in result["most_confused"]] == [(0, 1, 1), (0, 2, 1)]
 
 
+def test_ten_crop_averages_softmax_probabilities_not_logits():
+    """Section 4.1: the prediction is the average of the ten patches' softmax outputs.
+
+    Class 0 has probability 0.6 in nine views and almost none in the tenth; class 1 has 0.4 and
+    almost 1. The mean probability ranks class 0 first (0.54 against 0.46); averaging logits or
+    log probabilities (a geometric mean) ranks class 1 first, because one near-zero
+    probability dominates a mean of logarithms.
+    """
+    table = np.array([[1e-9, 1 - 2e-9, 1e-9], [0.6, 0.4 - 1e-9, 1e-9]], np.float32)
+    # One image of ten 1x1 views; the pixel value selects the view's probabilities.
+    views = np.ones((1, 10, 1, 1, 3), np.float32)
+    views[0, 0] = 0.0
+    dataset = tf.data.Dataset.from_tensor_slices((views, np.array([0], np.int32))).batch(1)
+
+    def predict(images):
+        return tf.gather(tf.constant(table), tf.cast(images[:, 0, 0, 0], tf.int32))
+
+    top_k, labels, _ = evaluation.predict_top_k(predict, dataset, 3, ten_crop=True, progress=False)
+    np.testing.assert_array_equal(top_k[0], [0, 1, 2])
+    geometric = np.log(table[0]) + 9 * np.log(table[1])
+    assert np.argmax(geometric) == 1  # the answer logit averaging would give
+    assert labels.tolist() == [0]
+
+
 def test_report_matches_a_direct_computation(run, report):
     result, _ = report
     labels = run.val_labels

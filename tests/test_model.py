@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from alexnet_tf import build_alexnet, get_config
 from alexnet_tf.export import xla_must_compile_functions
+from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.model import build_from_config
 
 PAPER_SHAPES = {
@@ -149,3 +150,64 @@ def test_exported_towers_have_no_must_compile_functions(tmp_path):
     reloaded = tf.saved_model.load(export_dir)
     x = np.random.default_rng(0).normal(size=(2, 67, 67, 3)).astype(np.float32) * 50
     np.testing.assert_allclose(reloaded.serve(x).numpy(), model(x, training=False).numpy(), atol=1e-6)
+
+
+# Section 3.5 and Figure 2, in the order the layers are applied. Every layer's input is the
+# previous layer's output: LRN follows the ReLU'd conv1 and conv2 and precedes their pooling
+# (the paper's order; Caffe's reference model pools first), and nothing else sits between.
+PAPER_LAYER_CHAIN = (
+    "image", "conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5",
+    "flatten", "fc6", "dropout6", "fc7", "dropout7", "fc8", "prob",
+)
+
+
+def test_paper_layer_order(paper_model):
+    assert [layer.name for layer in paper_model.layers] == list(PAPER_LAYER_CHAIN)
+    for previous, name in zip(PAPER_LAYER_CHAIN, PAPER_LAYER_CHAIN[1:]):
+        source = paper_model.get_layer(name).input._keras_history.operation
+        assert source.name == previous, f"{name} reads {source.name}, the paper has {previous}"
+
+
+def test_lrn_only_after_conv1_and_conv2_with_the_papers_constants(paper_model):
+    lrn = [layer for layer in paper_model.layers if isinstance(layer, LocalResponseNormalization)]
+    assert [layer.name for layer in lrn] == ["lrn1", "lrn2"]
+    for layer in lrn:
+        assert (layer.size, layer.k, layer.alpha, layer.beta) == (5, 2.0, 1e-4, 0.75), layer.name
+
+
+def test_pooling_is_overlapping_3x3_stride_2(paper_model):
+    """Section 3.4: z = 3, s = 2. A 2x2/2 pooling gives the same shapes, so shapes cannot tell."""
+    pools = [layer for layer in paper_model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [layer.name for layer in pools] == ["pool1", "pool2", "pool5"]
+    for layer in pools:
+        assert tuple(layer.pool_size) == (3, 3) and tuple(layer.strides) == (2, 2), layer.name
+        assert layer.padding == "valid", layer.name
+    # And the windows really overlap: a single hot pixel at (2, 2) reaches both pool1 outputs
+    # (0, 0) and (1, 1) (windows 0-2 and 2-4), which non-overlapping pooling cannot do.
+    hot = np.zeros((1, 5, 5, 1), np.float32)
+    hot[0, 2, 2, 0] = 1.0
+    pooled = paper_model.get_layer("pool1")(hot).numpy()[0, ..., 0]
+    np.testing.assert_array_equal(pooled, [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_relu_after_every_hidden_layer_and_softmax_at_the_end(paper_model):
+    """Section 3.1: ReLU on the output of every convolutional and fully-connected layer but fc8."""
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        assert paper_model.get_layer(name).activation is keras.activations.relu, name
+    assert paper_model.get_layer("fc8").activation is keras.activations.linear
+    assert paper_model.get_layer("prob").activation is keras.activations.softmax
+
+
+def test_dropout_half_after_fc6_and_fc7_only(paper_model):
+    """Section 4.2: dropout 0.5 in the first two fully-connected layers, nowhere else."""
+    dropouts = [layer for layer in paper_model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [layer.name for layer in dropouts] == ["dropout6", "dropout7"]
+    assert [layer.rate for layer in dropouts] == [0.5, 0.5]
+    assert [layer.input._keras_history.operation.name for layer in dropouts] == ["fc6", "fc7"]
+    # Training mode really drops about half of fc6's and fc7's units (scaled by 2), inference none.
+    x = np.full((64, 4096), 3.0, np.float32)
+    for layer in dropouts:
+        dropped = layer(x, training=True).numpy()
+        assert set(np.unique(dropped)) == {0.0, 6.0}, layer.name
+        assert abs((dropped == 0).mean() - 0.5) < 0.01, layer.name
+        np.testing.assert_array_equal(layer(x, training=False).numpy(), x)

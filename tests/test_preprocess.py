@@ -198,6 +198,35 @@ def test_pca_offset_zero_mean_and_expected_covariance(stats):
     np.testing.assert_allclose(eager, offsets[3], rtol=1e-5)
 
 
+def test_pca_noise_variance_per_eigen_direction(stats):
+    """Each principal component gets its own alpha_i ~ N(0, 0.1) times its own eigenvalue.
+
+    The offset's coordinate along p_i is alpha_i * lambda_i: its standard deviation must be
+    0.1 * lambda_i for every i separately. The ImageNet eigenvalues differ by 4-12x, so a missing
+    component (variance 0) or two swapped (wrong eigenvalue) is off by far more than the 5%
+    tolerance (20,000 draws: the sampling error of a variance is 1%).
+    """
+    draws = 20_000
+    dataset = (
+        tf.data.Dataset.range(draws)
+        .map(lambda i: preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.stack([i, 23])))
+        .batch(draws)
+    )
+    offsets = next(iter(dataset)).numpy().astype(np.float64)
+    vectors, values = stats.eigenvectors.astype(np.float64), stats.eigenvalues.astype(np.float64)
+    coordinates = offsets @ vectors  # column i: the offset's component along p_i
+    for i in range(3):
+        assert coordinates[:, i].std() == pytest.approx(0.1 * values[i], rel=0.05), f"component {i}"
+    # Independent draws per component: the coordinates are uncorrelated.
+    correlation = np.corrcoef(coordinates.T)
+    np.testing.assert_allclose(correlation[~np.eye(3, dtype=bool)], 0.0, atol=0.05)
+    # Known answer for single draws: V (alpha * lambda) with alpha from the same stateless draw.
+    for seed in ([0, 1], [5, 9], [123, 4]):
+        alpha = 0.1 * tf.random.stateless_normal([3], seed=seed).numpy().astype(np.float64)
+        got = preprocess.pca_offset(values, vectors, 0.1, tf.constant(seed)).numpy()
+        np.testing.assert_allclose(got, vectors @ (alpha * values), rtol=1e-5, atol=1e-5)
+
+
 def _mean_subtracted_square(encoded, config, stats):
     """The central square minus the per-channel mean: every training view is a crop of it."""
     return (

@@ -91,6 +91,27 @@ def test_plateau_schedule_patience_limit_and_checkpoint(tmp_path):
     assert int(restored.reductions.numpy()) == 2
 
 
+def test_each_epoch_reads_the_records_in_a_new_order(tmp_path):
+    """Deterministic runs reseed the pipeline per epoch: epochs differ, the same epoch repeats."""
+    from test_data import write_shards
+
+    rng = np.random.default_rng(0)
+    encoded = [tf.io.encode_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).numpy() for _ in range(24)]
+    write_shards(tmp_path, encoded, num_shards=4)
+    write_shards(tmp_path, encoded[:4], num_shards=1, prefix="validation")
+    config = get_config("tiny", image_size=8, input_size=8, batch_size=24, deterministic=True, seed=5,
+                        num_classes=24, mean_subtraction="channel")
+    inputs = training.record_inputs(config, str(tmp_path))
+
+    def epoch_labels(epoch):
+        return next(iter(inputs.train(None, epoch)))[1].numpy().tolist()
+
+    first = epoch_labels(0)
+    assert set(first) <= set(range(24)) and len(set(first)) > 12
+    assert epoch_labels(0) == first
+    assert epoch_labels(1) != first and epoch_labels(2) != epoch_labels(1)
+
+
 def test_train_writes_the_workdir_contract_and_resumes(tmp_path):
     config = _tiny(epochs=1)
     inputs = _inputs(config)

@@ -1,0 +1,75 @@
+"""The ``paper`` preset holds section 5's recipe and section 2-4's data handling, value by value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from alexnet_tf import training
+from alexnet_tf.config import Config, get_config
+
+# Each value with the place in the paper (or README) it comes from.
+PAPER_RECIPE = {
+    "num_classes": 1000,  # ILSVRC
+    "input_size": 227,  # 224 in the text; 227 is what gives Figure 2's 55x55 (README)
+    "width": 1.0,
+    "towers": 2,  # section 3.2
+    "dropout": 0.5,  # section 4.2
+    "bias_init": "paper",  # section 5: biases 1 in conv2/4/5, fc6/7
+    "weight_init": "paper",  # section 5: N(0, 0.01)
+    "image_size": 256,  # section 2
+    "mean_subtraction": "image",  # section 2: the mean activity over the training set, per pixel
+    "pca_std": 0.1,  # section 4.1
+    "label_offset": 0,
+    "batch_size": 128,  # section 5
+    "epochs": 90,  # section 5: "roughly 90 cycles"
+    "learning_rate": 0.01,  # section 5
+    "momentum": 0.9,  # section 5
+    "weight_decay": 0.0005,  # section 5
+    "lr_schedule": "plateau",  # section 5: divide by 10 when the validation error stops improving
+    "max_lr_reductions": 3,  # section 5: "reduced three times prior to termination"
+    "precision": "float32",
+}
+
+
+def test_paper_preset_is_the_papers_recipe():
+    config = get_config("paper")
+    for field, value in PAPER_RECIPE.items():
+        assert getattr(config, field) == value, field
+    # The preset is the defaults: nothing overrides them.
+    assert config == Config()
+
+
+def test_paper_preset_reaches_the_optimizer_and_the_schedule():
+    """The Trainer builds PaperSGD from the preset's values (a small model: the recipe is the same)."""
+    config = get_config("paper", num_classes=10, input_size=67, width=0.125, image_size=76)
+    trainer = training.Trainer(config)
+    assert float(trainer.sgd.learning_rate.numpy()) == pytest.approx(0.01)
+    assert trainer.sgd.momentum == pytest.approx(0.9)
+    assert trainer.sgd.l2_decay == pytest.approx(0.0005)
+    assert not trainer.sgd.nesterov
+    dropouts = [trainer.model.get_layer(f"dropout{i}").rate for i in (6, 7)]
+    assert dropouts == [0.5, 0.5]
+
+
+def test_paper_plateau_rule_divides_by_ten_three_times():
+    config = get_config("paper")
+    schedule = training.LearningRateSchedule(config)
+    rates = []
+    for epoch in range(60):
+        rates.append(schedule.rate_for_epoch(epoch))
+        schedule.end_epoch(0.5 if epoch else 0.6)  # improves once, then never again
+    assert sorted(set(rates), reverse=True) == pytest.approx([0.01, 0.001, 0.0001, 0.00001])
+    # Epochs 0 and 1 improve; after plateau_patience epochs (2 ... 1 + patience) without
+    # improvement the next epoch trains at a tenth of the rate.
+    first_drop = rates.index(pytest.approx(0.001))
+    assert first_drop == 2 + config.plateau_patience
+    assert int(schedule.reductions.numpy()) == 3
+
+
+def test_every_field_has_a_documented_default():
+    # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
+    run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
+                    "steps_per_epoch", "checkpoint_every_steps"}
+    assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
