@@ -113,10 +113,23 @@ def test_eval_reads_every_record_once_in_order(shards, config, encoded):
     assert [b[1].shape[0] for b in validation] == [4, 4, 2]
 
 
-def test_eval_ten_crop(shards, config):
-    dataset = data.make_dataset(data.file_pattern(str(shards), "validation"), False, config, ten_crop=True)
+def test_eval_ten_crop(shards, config, encoded):
+    stats = imagenet_statistics()
+    dataset = data.make_dataset(
+        data.file_pattern(str(shards), "validation"), False, config, stats=stats, ten_crop=True
+    )
     images, labels = next(iter(dataset))
     assert images.shape == (4, 10, 67, 67, 3) and labels.shape == (4,)
+    # Validation shard 0 holds records 0, 2, 4, ...: each row is the ten patches of that image.
+    assert labels.numpy().tolist() == [0, 2, 4, 6]
+    for row, index in enumerate([0, 2, 4, 6]):
+        np.testing.assert_allclose(
+            images[row].numpy(), preprocess.preprocess_for_ten_crop(encoded[index], config, stats).numpy(),
+            atol=1e-4,
+        )
+    # Patches 5-9 are patches 0-4 mirrored, the centre one included.
+    for original, mirrored in ((4, 9), (1, 5), (0, 6)):
+        np.testing.assert_allclose(images[0, mirrored].numpy(), images[0, original].numpy()[:, ::-1], atol=1e-4)
     with pytest.raises(ValueError, match="ten_crop"):
         data.make_dataset(data.file_pattern(str(shards), "validation"), True, config, ten_crop=True)
 
@@ -228,8 +241,7 @@ def test_real_jpegs_through_the_pipeline(tmp_path, shared_data):
 
 
 def test_reads_shards_built_by_the_converter(tmp_path, shared_data):
-    converter = pytest.importorskip("alexnet_tf.converter")
-    from alexnet_tf import imagenet
+    from alexnet_tf import converter, imagenet
 
     source = tmp_path / "train"
     class_dirs = sorted((shared_data / "imagenet-sample" / "train").iterdir())[:6]
