@@ -6,7 +6,8 @@ repository's git-tracked files to a temporary directory (with ``../shared`` link
 tests find the real data), runs the named tests once on the unmutated copy (they must pass), then
 for each mutant applies it alone, runs its tests with ``python -m pytest -x -q`` and restores the
 file. A mutant is *killed* when its tests fail, *survived* when they pass; a snippet that is not
-found exactly once, or a test that fails on the unmutated copy, is an *error*, never a kill.
+found exactly once, a test that fails on the unmutated copy, or tests that cannot even be
+collected with the mutant applied, is an *error*, never a kill.
 
     python benchmarks/paper_mutants.py                  # every mutant
     python benchmarks/paper_mutants.py --only pool_2x2  # one mutant
@@ -308,8 +309,10 @@ def apply_and_run(copy: pathlib.Path, mutant: Mutant) -> Outcome:
         return Outcome(mutant, "survived", "", seconds)
     if code == -1:
         return Outcome(mutant, "killed", "timeout", seconds)
-    if code in (1, 2):  # tests failed, or collection failed because of the mutant
+    if code == 1:  # tests ran and failed
         return Outcome(mutant, "killed", first_failure(output), seconds)
+    if code == 2:  # the tests did not run (an import or collection error): not a kill
+        return Outcome(mutant, "error", f"tests did not run (collection error): {first_failure(output)}", seconds)
     return Outcome(mutant, "error", f"pytest exit status {code}: {first_failure(output)}", seconds)
 
 
