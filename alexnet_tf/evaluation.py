@@ -54,10 +54,26 @@ def as_predictor(model: keras.Model | Predictor) -> Predictor:
     return model
 
 
+def top_k_classes(probabilities: tf.Tensor, k: int) -> tf.Tensor:
+    """The ``k`` most probable classes of each row, best first: [B, C] -> int32 [B, k].
+
+    The one top-k definition of training and evaluation: ties go to the lower class index
+    (``tf.math.top_k``'s order), so a collapsed network with uniform outputs scores as one
+    that always predicts class 0, not as one that is always right (``tf.math.in_top_k``
+    counts every tied class as a hit).
+    """
+    return tf.math.top_k(tf.cast(probabilities, tf.float32), k=k).indices
+
+
 def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tensor], tf.Tensor]:
     """Images ([B, s, s, 3], or [B, 10, s, s, 3] for 10-crop) -> int32 top-k classes [B, k]."""
 
     def step(images: tf.Tensor) -> tf.Tensor:
+        # A replica gets no images when the last global batch is smaller than the replicas need;
+        # on CPU a convolution of an empty batch returns the wrong shape, so the network is not run.
+        return tf.cond(tf.shape(images)[0] > 0, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
+
+    def classes(images: tf.Tensor) -> tf.Tensor:
         if ten_crop:
             shape = tf.shape(images)
             # All views of all images in one batch through the network.
@@ -66,7 +82,7 @@ def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tens
             prob = tf.reduce_mean(tf.reshape(prob, [shape[0], shape[1], -1]), axis=1)
         else:
             prob = tf.cast(predict(images), tf.float32)
-        return tf.math.top_k(prob, k=k).indices
+        return top_k_classes(prob, k)
 
     return step
 

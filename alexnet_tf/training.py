@@ -445,11 +445,15 @@ class Trainer:
         def replica_step(images, labels):
             loss, gradients, probabilities = forward_backward(images, labels)
             # The loss clips probabilities, so it can stay finite while the network turns to NaN:
-            # the gradients tell. (Under loss scaling, overflowing gradients are the optimiser's
-            # business: it skips the step and lowers the scale.)
+            # the probabilities and gradients tell. (Under loss scaling, overflowing gradients are
+            # the optimiser's business: it skips the step and lowers the scale; NaN probabilities
+            # are a NaN forward pass, which no scale cures.)
             finite = tf.cast(tf.math.is_finite(loss), tf.float32)
+            finite *= tf.cast(tf.reduce_all(tf.math.is_finite(tf.cast(probabilities, tf.float32))), tf.float32)
             if not scaled:
                 finite *= tf.cast(tf.math.is_finite(tf.linalg.global_norm(gradients)), tf.float32)
+            else:
+                gradients = _overflow_on_every_replica(gradients)
             # Keras sums the gradients over replicas before applying them.
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return (loss, *_correct_counts(labels, probabilities, top_k), 1.0 - finite)
@@ -466,10 +470,16 @@ class Trainer:
         model, strategy = self.model, self.strategy
         top_k = min(TOP_K, self.config.num_classes)
 
-        def replica_step(images, labels):
+        def figures(images, labels):
             probabilities = model(images, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
             return (loss, *_correct_counts(labels, probabilities, top_k))
+
+        def replica_step(images, labels):
+            # The last global batch can leave a replica without images; a convolution of an
+            # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
+            return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
+                           lambda: (tf.constant(0.0),) * 4)
 
         @tf.function(reduce_retracing=True)
         def eval_step(batch):
@@ -515,12 +525,27 @@ class Trainer:
                 "top5_error": float(1 - top5 / count), "images": int(count)}
 
 
+def _overflow_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Makes every replica's gradients non-finite when any replica's are (in replica context).
+
+    Keras' ``LossScaleOptimizer`` checks the gradients for overflow on each replica before they
+    are summed and lets the first replica decide: an overflow on another replica alone would be
+    summed into the weights and leave the scale as it is. Agreeing on one flag first (an
+    all-reduce over every replica of every worker) makes each replica's check see the overflow,
+    so the step is skipped everywhere and the scale lowered.
+    """
+    overflows = tf.cast(tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(gradients))), tf.float32)
+    overflows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, overflows)
+    poison = tf.where(overflows > 0, math.nan, 1.0)
+    return [g * tf.cast(poison, g.dtype) for g in gradients]
+
+
 def _correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tuple[tf.Tensor, ...]:
-    probabilities = tf.cast(probabilities, tf.float32)
-    top1 = tf.math.in_top_k(labels, probabilities, 1)
-    topk = tf.math.in_top_k(labels, probabilities, top_k)
-    count = tf.cast(tf.shape(labels)[0], tf.float32)
-    return tf.reduce_sum(tf.cast(top1, tf.float32)), tf.reduce_sum(tf.cast(topk, tf.float32)), count
+    """(top-1 hits, top-k hits, images) by the evaluation's top-k definition (ties: lower index)."""
+    hits = tf.equal(evaluation.top_k_classes(probabilities, top_k), tf.cast(labels, tf.int32)[:, None])
+    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.float32))
+    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.float32))
+    return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
 
 
 # --------------------------------------------------------------------------------------------
