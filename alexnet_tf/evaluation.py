@@ -263,6 +263,7 @@ def evaluate(
     predict = as_predictor(model)
     if class_names is None and config.num_classes == 1000:
         class_names = imagenet.class_names()
+    data.check_labels(data_dir, VALIDATION_SPLIT, config)
     stats = load_statistics(data_dir)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes}
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():

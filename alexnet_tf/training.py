@@ -234,6 +234,8 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
     """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
     train_pattern = data.file_pattern(data_dir, "train")
     validation_pattern = data.file_pattern(data_dir, "validation")
+    for split in ("train", "validation"):
+        data.check_labels(data_dir, split, config)
     stats = statistics.load_statistics(data_dir)
     steps = config.steps_per_epoch
     if not steps:

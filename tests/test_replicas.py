@@ -73,6 +73,44 @@ def test_validation_of_a_collapsed_network_counts_ties_as_misses():
 
 
 # --------------------------------------------------------------------------------------------
+# Labels checked against synsets
+
+
+def _middle_class_shards(data_dir, offset, num_classes=10, classes=(3, 4, 5, 6)):
+    """Shards of only middle classes (never the first or last), labels stored ``offset``-based."""
+    from alexnet_tf import records
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    wnids = [f"n{7000000 + i:08d}" for i in range(num_classes)]
+    (data_dir / "synsets.txt").write_text("".join(w + "\n" for w in wnids))
+    for prefix in (records.TRAIN_PREFIX, records.VALIDATION_PREFIX):
+        with tf.io.TFRecordWriter(str(data_dir / records.shard_name(prefix, 0, 1))) as writer:
+            for i, label in enumerate(classes * 4):
+                writer.write(records.serialize_example(b"not decoded", 8, 8, label + offset, wnids[label],
+                                                       f"class {label}", f"{prefix}_{i}.jpg"))
+    return str(data_dir)
+
+
+@pytest.mark.parametrize("stored, read", [(1, 0), (0, 1)])
+def test_shifted_labels_stop_with_the_right_label_offset(tmp_path, stored, read):
+    data_dir = _middle_class_shards(tmp_path / "data", stored)
+    config = _tiny(label_offset=read, data_dir=data_dir)
+    message = f"need --label_offset={stored}, not --label_offset={read}"
+    with pytest.raises(ValueError, match=message):
+        training.record_inputs(config, data_dir)
+    with pytest.raises(ValueError, match=message):
+        evaluation.evaluate(lambda images: images, config, data_dir, progress=False)
+    evaluation.data.check_labels(data_dir, "train", config.replace(label_offset=stored))  # the right one passes
+
+
+def test_a_wnid_missing_from_the_synsets_file_is_an_error(tmp_path):
+    data_dir = _middle_class_shards(tmp_path / "data", 0)
+    (tmp_path / "data" / "synsets.txt").write_text("".join(f"n{i:08d}\n" for i in range(10)))
+    with pytest.raises(ValueError, match="synsets.txt does not list"):
+        evaluation.data.check_labels(data_dir, "validation", _tiny())
+
+
+# --------------------------------------------------------------------------------------------
 # Subprocess tests on N logical CPU devices
 
 
