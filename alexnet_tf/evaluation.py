@@ -25,7 +25,7 @@ from absl import logging
 from alexnet_tf import data, imagenet
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
-from alexnet_tf.statistics import DatasetStatistics, load_statistics
+from alexnet_tf.statistics import STATISTICS_FILE, DatasetStatistics, load_statistics
 
 TOP_K = 5
 NUM_CROPS = 10
@@ -241,6 +241,7 @@ def evaluate(
     ten_crop: bool = True,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    stats: DatasetStatistics | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of ``model`` on the validation shards in ``data_dir``.
 
@@ -255,6 +256,9 @@ def evaluate(
       class_names: class index -> name, for the per-class table; when None, ImageNet's names
         for a 1000-class model and ``class i`` otherwise.
       progress: show a progress bar.
+      stats: the statistics of the training set the model was trained on (``model_statistics``);
+        when None, those beside the shards in ``data_dir`` (the fallback for models that carry
+        none: right only when ``data_dir`` was converted with the model's training set).
 
     Returns:
       The report: ``{"center_crop": {"top1_error", "top5_error", "images_per_second", ...},
@@ -264,8 +268,13 @@ def evaluate(
     if class_names is None and config.num_classes == 1000:
         class_names = imagenet.class_names()
     data.check_labels(data_dir, VALIDATION_SPLIT, config)
-    stats = load_statistics(data_dir)
-    report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes}
+    if stats is None:
+        stats = load_statistics(data_dir)
+        logging.warning("Preprocessing with the statistics of the data directory (%s), not the model's",
+                        stats.source)
+    else:
+        logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
+    report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
         logging.info("Evaluating the %s on %s", key.replace("_", " "), data_dir)
         top_k, labels, seconds = predict_top_k(
@@ -335,6 +344,24 @@ def write_report(report: dict[str, Any], report_dir: str) -> None:
     with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:
         f.write(report_markdown(report))
     logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)
+
+
+def model_statistics(path: str) -> DatasetStatistics | None:
+    """The training-set statistics that travel with a model, or None for a model without them.
+
+    Training writes ``statistics.json`` (and ``mean_image.npy``) into its work directory, beside
+    ``model.keras``, and into the SavedModel's directory, so an evaluation on any data directory
+    preprocesses as training did.
+
+    Args:
+      path: a training workdir, a ``.keras`` file in one, or a SavedModel directory.
+    """
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.exists(os.path.join(directory, STATISTICS_FILE)):
+        logging.warning("%s carries no %s: the data directory's statistics stand in for the training set's",
+                        path, STATISTICS_FILE)
+        return None
+    return load_statistics(directory)
 
 
 def load_model(path: str) -> tuple[keras.Model, Config]:

@@ -707,6 +707,9 @@ def _train(
     latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
     if chief:
         _write_config(config, workdir, resuming=bool(latest))
+        if inputs.stats is not None:
+            # The preprocessing travels with the model: evaluation reads these, not the data dir's.
+            inputs.stats.save(workdir)
     trainer = Trainer(config, strategy)
     checkpoints = _Checkpoints(trainer, workdir, chief, resolver.task_id if resolver else 0)
     if latest:
@@ -834,7 +837,8 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
     report_dir = os.path.join(workdir, REPORT_DIR)
     report = evaluation.evaluate(trainer.model, config, inputs.data_dir,
                                  report_dir=report_dir if chief else None, strategy=trainer.strategy,
-                                 ten_crop=True, class_names=names, progress=chief)
+                                 ten_crop=True, class_names=names, progress=chief,
+                                 stats=inputs.stats or statistics.load_statistics(inputs.data_dir))
     results.update({
         "val_top1_error": report["center_crop"]["top1_error"],
         "val_top5_error": report["center_crop"]["top5_error"],
@@ -846,5 +850,6 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
         export_dir = export.export_saved_model(trainer.model, os.path.join(workdir, EXPORT_DIR), config,
                                                stats, wnids, names)
+        stats.save(export_dir)  # for evaluate.py --saved_model, as the workdir's for --checkpoint
         results["saved_model"] = os.path.abspath(export_dir)
     return results

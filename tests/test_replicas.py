@@ -111,6 +111,48 @@ def test_a_wnid_missing_from_the_synsets_file_is_an_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# The training set's statistics travel with the model
+
+
+def test_evaluation_uses_the_models_statistics_whatever_the_data_dir(tmp_path):
+    """The same images converted twice, beside two different training sets: the same report."""
+    import shutil
+
+    from alexnet_tf import export
+    from alexnet_tf.statistics import imagenet_statistics, load_statistics
+
+    config = _tiny(dropout=0.0, epochs=1)
+    first, second = tmp_path / "first", tmp_path / "second"
+    _write_records(first, 13, config)
+    shutil.copytree(first, second)
+    for directory, mean in ((first, 60.0), (second, 200.0)):
+        stats = imagenet_statistics()
+        stats.mean_image = np.full((config.image_size, config.image_size, 3), mean, np.float32)
+        stats.save(str(directory))
+    workdir = tmp_path / "run"
+    summary = training.train(config.replace(data_dir=str(first)), str(workdir), verbose=False)
+    model, _ = evaluation.load_model(str(workdir))
+    predict, _ = export.load_predictor(summary["saved_model"])
+    reports = {}
+    for source, predictor in ((str(workdir), model), (summary["saved_model"], predict)):
+        stats = evaluation.model_statistics(source)
+        assert stats is not None and stats.source.startswith(source)
+        np.testing.assert_array_equal(stats.mean_image, load_statistics(str(first)).mean_image)
+        for data_dir in (first, second):
+            reports[source, data_dir] = evaluation.evaluate(predictor, config, str(data_dir), progress=False,
+                                                            stats=stats, ten_crop=False)
+    for report in reports.values():
+        for view in ("center_crop",):
+            first_report = reports[str(workdir), first][view]
+            assert [report[view][k] for k in ("top1_error", "top5_error", "per_class", "most_confused")] == [
+                first_report[k] for k in ("top1_error", "top5_error", "per_class", "most_confused")]
+    assert reports[str(workdir), second]["statistics"] == str(workdir / "statistics.json")
+    # Without the model's statistics the data directory's stand in, and the report says so.
+    assert evaluation.evaluate(model, config, str(second), progress=False, ten_crop=False)["statistics"] == str(
+        second / "statistics.json")
+
+
+# --------------------------------------------------------------------------------------------
 # Subprocess tests on N logical CPU devices
 
 
