@@ -138,6 +138,7 @@ def make_dataset(
     stats: DatasetStatistics | None = None,
     ten_crop: bool = False,
     repeat: bool | None = None,
+    skip_records: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (images, labels) from the converter's shards.
 
@@ -153,6 +154,9 @@ def make_dataset(
       stats: the mean and PCA; default the converter's ``statistics.json`` beside the shards.
       ten_crop: evaluation only: yield the ten patches of each image.
       repeat: repeat forever; default True when training, False otherwise.
+      skip_records: records of this pipeline to pass over undecoded (the batches a run resumed
+        mid-epoch has already trained on); the rest are exactly those an unskipped pipeline
+        yields after them, augmentation included.
 
     Returns:
       A dataset of float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images, s = config.input_size,
@@ -225,6 +229,10 @@ def make_dataset(
             seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True
         )
         dataset = tf.data.Dataset.zip(dataset, seeds)
+    # Resuming mid-epoch: skip what was trained on before parsing and decoding, after the
+    # shuffle and the seeds, so the remaining records and their augmentation are unchanged.
+    if skip_records:
+        dataset = dataset.skip(skip_records)
     # Parse, decode and augment in one parallel map: decoding is the expensive step, and it runs
     # only on records that will be used.
     dataset = dataset.map(

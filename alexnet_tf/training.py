@@ -194,15 +194,17 @@ class Inputs:
     """Where a run's batches come from.
 
     Attributes:
-      train: ``(input_context, epoch) -> dataset`` of per-replica (images, labels) batches; it is
-        called afresh for every epoch and must yield at least ``steps_per_epoch`` batches.
+      train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
+        batches; it is called afresh for every epoch and must yield at least ``steps_per_epoch``
+        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply:
+        a run resumed mid-epoch has trained on them).
       validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
       steps_per_epoch: training steps per epoch.
       data_dir: the converted records these come from ("" for in-memory or synthetic data).
       stats: the training set's statistics (for the export), when known.
     """
 
-    train: Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+    train: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
     validation: Callable[[], tf.data.Dataset] | None
     steps_per_epoch: int
     data_dir: str = ""
@@ -246,10 +248,11 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
                              f"(--batch_size={config.batch_size})")
         logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         epoch_config = config.replace(seed=_epoch_seed(config, epoch))
+        skip = skip_batches * input_context.get_per_replica_batch_size(config.batch_size)
         return data.make_dataset(train_pattern, True, epoch_config, input_context=input_context,
-                                 stats=stats, repeat=True)
+                                 stats=stats, repeat=True, skip_records=skip)
 
     def validation() -> tf.data.Dataset:
         return data.make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
@@ -269,14 +272,15 @@ def array_inputs(
     num_pipelines = 1
     steps = config.steps_per_epoch or len(train_images) // config.batch_size
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         nonlocal num_pipelines
         num_pipelines = input_context.num_input_pipelines
         dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
         dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
         seed = _epoch_seed(config, epoch) if config.deterministic else None
         dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
-        return dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        return dataset.skip(skip_batches)  # arrays: nothing to decode
 
     validation = None
     if val_images is not None:
@@ -291,7 +295,8 @@ def synthetic_inputs(config: Config) -> Inputs:
     """Random tensors of the right shape, to time the model step without an input pipeline."""
     size = config.input_size
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        del skip_batches  # every batch is the same
         batch = input_context.get_per_replica_batch_size(config.batch_size)
         images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
         labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
@@ -494,9 +499,17 @@ class Trainer:
         self.sgd.learning_rate.assign(rate)
 
     def distribute(self, inputs: Inputs, epoch: int) -> Iterator:
-        """An iterator over this epoch's distributed training batches."""
+        """An iterator over this epoch's distributed training batches, from step ``step_in_epoch`` on.
+
+        A checkpoint taken mid-epoch resumes after the batches already trained on; the input
+        pipelines pass over their records without decoding them.
+        """
+        done = int(self.step_in_epoch.numpy())
+
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            return inputs.train(context, epoch)
+            # Each step takes one batch per replica from its worker's pipeline.
+            replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
+            return inputs.train(context, epoch, done * replicas_per_pipeline)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -783,10 +796,8 @@ def _train_epoch(
     """Runs the rest of epoch ``epoch``; returns the checkpoint path when SIGTERM stopped it."""
     config = trainer.config
     steps = inputs.steps_per_epoch
-    iterator = trainer.distribute(inputs, epoch)
     done = int(trainer.step_in_epoch.numpy())
-    for _ in range(done):  # a mid-epoch checkpoint: skip the batches already trained on
-        next(iterator)
+    iterator = trainer.distribute(inputs, epoch)  # from step `done`: a mid-epoch checkpoint resumes there
     progress = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], verbose=1 if verbose else 0)
     if verbose:
         logging.info("Epoch %d/%d, learning rate %g", epoch + 1, config.epochs, rate)

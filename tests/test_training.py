@@ -55,6 +55,25 @@ def _weights(model):
     return [np.array(w) for w in model.weights]
 
 
+def _write_records(data_dir, config, num_train=80, num_val=16):
+    """Random JPEGs as train and validation shards (labels cycling), for runs through the pipeline."""
+    from alexnet_tf import records
+
+    os.makedirs(data_dir, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, count, shards in ((records.TRAIN_PREFIX, num_train, 2), (records.VALIDATION_PREFIX, num_val, 1)):
+        for shard in range(shards):
+            with tf.io.TFRecordWriter(os.path.join(data_dir, records.shard_name(prefix, shard, shards))) as writer:
+                for i in range(shard, count, shards):
+                    label = i % config.num_classes
+                    image = rng.integers(0, 256, (config.image_size, config.image_size, 3), dtype=np.uint8)
+                    image[..., label % 3] //= 2  # something to learn
+                    writer.write(records.serialize_example(
+                        tf.io.encode_jpeg(image).numpy(), config.image_size, config.image_size, label,
+                        f"n{label:08d}", f"class {label}", f"{prefix}_{i}.jpg"))
+    return str(data_dir)
+
+
 # --------------------------------------------------------------------------------------------
 # In-process tests
 
@@ -196,6 +215,33 @@ def test_built_in_data_end_to_end(tmp_path):
     assert (pathlib.Path(data_dir) / training.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
 
 
+def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkeypatch):
+    from alexnet_tf import preprocess
+
+    config = _tiny(batch_size=4, shuffle_buffer=64)
+    inputs = training.record_inputs(config, _write_records(tmp_path / "data", config, num_train=64))
+    decoded = []
+    original = preprocess.preprocess_for_train
+
+    def counting(encoded, *args):
+        tick = tf.py_function(lambda: np.int32(len(decoded.append(1) or decoded)), [], tf.int32)
+        with tf.control_dependencies([tick]):
+            return tf.identity(original(encoded, *args))
+
+    monkeypatch.setattr(preprocess, "preprocess_for_train", counting)
+    trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    done = 14  # of 16 steps: 56 records trained on before the checkpoint
+    fresh = trainer.distribute(inputs, 1)
+    expected = [next(fresh) for _ in range(done + 1)][-1]
+    del fresh
+    decoded.clear()
+    trainer.step_in_epoch.assign(done)
+    first = next(trainer.distribute(inputs, 1))
+    np.testing.assert_array_equal(first[1], expected[1])  # the batch after the skipped ones
+    np.testing.assert_array_equal(first[0], expected[0])  # with the same augmentation
+    assert len(decoded) < done * config.batch_size, f"{len(decoded)} records decoded to resume at step {done}"
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--data_dir"):
         training.train(_tiny(), str(tmp_path), verbose=False)
@@ -228,24 +274,31 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """Two replicas, dropout on, records through the pipeline; killed at a checkpoint mid-epoch."""
+    data_dir = _write_records(tmp_path / "data", _tiny())
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = _spawn("run", whole, 0.0)
-    victim = _spawn("run", killed, 0.3)
-    deadline = time.time() + 90
-    # Kill once a mid-run checkpoint (global step 4 of 12) exists.
-    while not list((killed / "checkpoints").glob("ckpt-4.index")):
+    reference = _spawn("run", whole, 0.0, data_dir)
+    victim = _spawn("run", killed, 0.5, data_dir)
+    deadline = time.time() + 120
+    # 5 steps per epoch, a checkpoint every 2 steps: ckpt-1 is global step 2, step 2 of epoch 1.
+    # The next save is two 0.5 s steps away.
+    while not (tf.train.latest_checkpoint(str(killed / "checkpoints")) or "").endswith("ckpt-1"):
         assert victim.poll() is None, victim.stdout.read()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert latest.endswith("ckpt-1"), latest
+    assert int(tf.train.load_variable(latest, "step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 2  # mid-epoch
+    assert int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 0
     assert not (killed / "summary.json").exists()
-    assert reference.wait(timeout=90) == 0, reference.stdout.read()[-3000:]
-    resumed = _run_script("run", killed, 0.0)
+    assert reference.wait(timeout=180) == 0, reference.stdout.read()[-3000:]
+    resumed = _run_script("run", killed, 0.0, data_dir, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((killed / "summary.json").read_text())
-    assert summary["epochs_completed"] == 3
+    assert summary["epochs_completed"] == 2 and summary["resumed_from_epoch"] == 0
     assert json.loads((whole / "summary.json").read_text())["resumed_from_epoch"] == 0
     a, b = np.load(whole / "weights.npz"), np.load(killed / "weights.npz")
     assert sorted(a.files) == sorted(b.files)
@@ -325,11 +378,18 @@ def _mirrored(out):
     pathlib.Path(out).write_text(json.dumps(figures))
 
 
-def _run(workdir, delay):
-    config = _tiny(epochs=3, checkpoint_every_steps=2)
+def _run(workdir, delay, data_dir=None):
     delay = float(delay)
-    summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
-                             step_callback=lambda step, figures: time.sleep(delay))
+    if data_dir:  # through the record pipeline, on two replicas
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        config = _tiny(epochs=2, checkpoint_every_steps=2, data_dir=data_dir, shuffle_buffer=80)
+        summary = training.train(config, workdir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                                 verbose=False, step_callback=lambda step, figures: time.sleep(delay))
+    else:
+        config = _tiny(epochs=3, checkpoint_every_steps=2)
+        summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
+                                 step_callback=lambda step, figures: time.sleep(delay))
     if "stopped" in summary:
         print("stopped by", summary["stopped"], flush=True)
         return
