@@ -30,6 +30,8 @@ from alexnet_tf.config import get_config  # noqa: E402
 NUM_IMAGES = 64
 # Mirrored (2 replicas) vs one device: the same sums in another order; float32 round-off.
 MIRRORED_ATOL = 1e-5
+# The same under mixed_float16: float16 activations and gradients summed in another grouping.
+MIXED_FLOAT16_ATOL = 1e-4
 
 
 def _tiny(**overrides):
@@ -264,13 +266,17 @@ def _spawn(*args, env=None):
 
 
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
+    """Without dropout, with dropout (masks equal by construction) and under mixed_float16."""
     out = tmp_path / "mirrored.json"
-    result = _run_script("mirrored", out)
+    result = _run_script("mirrored", out, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
-    assert figures["replicas"] == 2
-    assert figures["moved"] > 100 * MIRRORED_ATOL  # the steps did change the weights
-    assert figures["max_abs_difference"] < MIRRORED_ATOL, figures
+    variants = json.loads(out.read_text())
+    assert set(variants) == {"float32", "dropout", "mixed_float16"}
+    for name, figures in variants.items():
+        tolerance = MIXED_FLOAT16_ATOL if name == "mixed_float16" else MIRRORED_ATOL
+        assert figures["replicas"] == 2
+        assert figures["moved"] > 100 * tolerance, (name, figures)  # the steps did change the weights
+        assert figures["max_abs_difference"] < tolerance, (name, figures)
 
 
 @pytest.mark.slow
@@ -346,6 +352,9 @@ def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
     assert results[0]["global_step"] == results[1]["global_step"] == 4
     assert results[0]["weights_l2_norm"] == results[1]["weights_l2_norm"]
     assert results[0]["val_top1_error"] == results[1]["val_top1_error"]
+    for result in results:  # loss scaling and dropout agree across workers
+        assert result["overflow_loss_finite"] and result["overflow_step_skipped"], result
+        assert result["overflow_scale_halved"] and result["worker_masks_differ"], result
     assert (tmp_path / "run" / "summary.json").exists()  # only the chief writes it
     assert not list((tmp_path / "run").glob(".worker_*"))
 
@@ -357,25 +366,31 @@ def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
 def _mirrored(out):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    config = _tiny(dropout=0.0, pca_std=0.0)
-    inputs = _inputs(config)
-    results = {}
-    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        trainer = training.Trainer(config, strategy)
-        start = _weights(trainer.model)
-        trainer.set_learning_rate(config.learning_rate)
-        iterator = trainer.distribute(inputs, 0)
-        for _ in range(3):
-            trainer.train_step(iterator)
-        results[name] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
-    (start, one, _), (_, two, replicas) = results["one"], results["two"]
-    figures = {
-        "replicas": replicas,
-        "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
-        "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
-    }
-    pathlib.Path(out).write_text(json.dumps(figures))
+    # One strategy for all variants: collective ops of several MirroredStrategy objects in one
+    # process can collide.
+    strategies = (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                  ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+    variants = {}
+    for name, overrides in (("float32", dict(dropout=0.0)), ("dropout", dict(dropout=0.5)),
+                            ("mixed_float16", dict(dropout=0.5, precision="mixed_float16"))):
+        config = _tiny(pca_std=0.0, **overrides)
+        inputs = _inputs(config)
+        results = {}
+        for key, strategy in strategies:
+            trainer = training.Trainer(config, strategy)
+            start = _weights(trainer.model)
+            trainer.set_learning_rate(config.learning_rate)
+            iterator = trainer.distribute(inputs, 0)
+            for _ in range(3):
+                trainer.train_step(iterator)
+            results[key] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
+        (start, one, _), (_, two, replicas) = results["one"], results["two"]
+        variants[name] = {
+            "replicas": replicas,
+            "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
+            "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+        }
+    pathlib.Path(out).write_text(json.dumps(variants))
 
 
 def _run(workdir, delay, data_dir=None):
@@ -412,7 +427,42 @@ def _mwms(task_index, port0, port1, workdir, out):
         "global_step": summary["global_step"],
         "val_top1_error": summary["val_top1_error"],
         "weights_l2_norm": summary["weights_l2_norm"],
+        **_mwms_scaling_and_dropout(strategy, config),
     }))
+
+
+def _mwms_scaling_and_dropout(strategy, config):
+    """Across workers: an overflow on the second worker only skips the step on both; masks differ."""
+    mixed = config.replace(precision="mixed_float16", dropout=0.5)
+    trainer = training.Trainer(mixed, strategy)
+    trainer.set_learning_rate(mixed.learning_rate)
+    rng = np.random.default_rng(0)
+    per_replica = mixed.batch_size // strategy.num_replicas_in_sync
+    images = rng.normal(0, 50, (per_replica, mixed.input_size, mixed.input_size, 3)).astype(np.float32)
+    labels = rng.integers(0, mixed.num_classes, per_replica).astype(np.int32)
+
+    def dataset_fn(context):
+        # Pixels 1000x larger on the second worker: its scaled float16 gradients overflow.
+        factor = 1000.0 if context.input_pipeline_id == 1 else 1.0
+        return tf.data.Dataset.from_tensors((images * factor, labels)).repeat()
+
+    before, scale = _weights(trainer.model), float(trainer.optimizer.scale_loss(1.0))
+    loss = trainer.train_step(iter(strategy.distribute_datasets_from_function(dataset_fn)))[0]
+    after = _weights(trainer.model)
+    layer = trainer.model.get_layer("dropout6")
+
+    @tf.function
+    def masks():
+        outputs = strategy.run(lambda: layer(tf.ones([per_replica, 64]), training=True))
+        return strategy.gather(outputs, axis=0)
+
+    first, second = np.split(masks().numpy() != 0, 2)
+    return {
+        "overflow_loss_finite": bool(np.isfinite(loss)),
+        "overflow_step_skipped": all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)),
+        "overflow_scale_halved": float(trainer.optimizer.scale_loss(1.0)) == scale / 2,
+        "worker_masks_differ": not np.array_equal(first, second),
+    }
 
 
 if __name__ == "__main__":
