@@ -9,6 +9,7 @@ replicas. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy``
 A work directory holds everything a run writes::
 
     config.json        the resolved configuration
+    statistics.json    the training set's statistics (and mean_image.npy): evaluation uses these
     checkpoints/       tf.train.CheckpointManager: model, optimizer (slots, learning rate),
                        epoch, step, schedule state, dropout RNG state
     logs/train, logs/validation   TensorBoard
