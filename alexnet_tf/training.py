@@ -550,7 +550,8 @@ def _overflow_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
     all-reduce over every replica of every worker) makes each replica's check see the overflow,
     so the step is skipped everywhere and the scale lowered.
     """
-    overflows = tf.cast(tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(gradients))), tf.float32)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    overflows = tf.cast(tf.logical_not(finite), tf.float32)
     overflows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, overflows)
     poison = tf.where(overflows > 0, math.nan, 1.0)
     return [g * tf.cast(poison, g.dtype) for g in gradients]
