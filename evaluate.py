@@ -52,8 +52,10 @@ def main(argv: list[str]) -> None:
     if not synsets and os.path.exists(os.path.join(data_dir, SYNSETS_FILE)):
         synsets = os.path.join(data_dir, SYNSETS_FILE)
     names = evaluation.class_labels(config.num_classes, synsets)[1] if synsets or config.num_classes == 1000 else None
+    # The model's training-set statistics, else (older runs) the data directory's.
+    stats = evaluation.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,
-                                 class_names=names)
+                                 class_names=names, stats=stats)
     for view in ("center_crop", "ten_crop"):
         if view in report:
             logging.info("%s: top-1 error %.2f%%, top-5 error %.2f%%", view,

@@ -12,8 +12,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import preprocess, records, statistics
+from alexnet_tf import imagenet, preprocess, records, statistics
 from alexnet_tf.config import Config
+from alexnet_tf.converter import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
 
 SPLIT_PREFIXES = {"train": records.TRAIN_PREFIX, "validation": records.VALIDATION_PREFIX}
@@ -22,6 +23,8 @@ READ_BUFFER_BYTES = 8 << 20  # per open shard
 # A TFRecord frames each record with a length (8 bytes) and two CRCs (4 bytes each).
 RECORD_FRAMING_BYTES = 16
 _SEED_PURPOSES = {"files": 1, "records": 2, "augment": 3}
+LABEL_CHECK_RECORDS = 32  # per shard, from the first shards of a split: no decoding, a few KB read
+LABEL_CHECK_SHARDS = 4
 
 
 def file_pattern(data_dir: str, split: str) -> str:
@@ -40,6 +43,49 @@ def file_pattern(data_dir: str, split: str) -> str:
             "or build the shards with the converter (data_prep/build_tfrecords.py)"
         )
     return pattern
+
+
+def check_labels(data_dir: str, split: str, config: Config) -> None:
+    """Checks the stored labels against the records' synsets and the class list, before any run.
+
+    Shards with 1-based labels read with ``--label_offset=0`` (or the reverse) would train on
+    labels shifted by one, silently unless a record of the first or last class shows up. Each
+    record carries its wnid (``image/class/synset``), and the class list in label order is the
+    converter's ``synsets.txt`` beside the shards (ImageNet's for a 1000-class model without
+    one), so the offset the shards were written with can be read off any record. The first
+    records of the first few shards are parsed (not decoded).
+
+    Raises:
+      ValueError: naming the shard, the record and the ``--label_offset`` the shards need, or
+        the synsets file when a record's wnid is not in it.
+    """
+    synsets_path = os.path.join(data_dir, SYNSETS_FILE)
+    if os.path.exists(synsets_path):
+        wnids = imagenet.load_synsets(synsets_path)
+    elif config.num_classes == 1000:
+        synsets_path, wnids = imagenet.DEFAULT_SYNSETS_FILE, imagenet.load_synsets()
+    else:
+        logging.info("No %s beside the shards in %s: labels not checked against synsets.", SYNSETS_FILE, data_dir)
+        return
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    for path in sorted(tf.io.gfile.glob(file_pattern(data_dir, split)))[:LABEL_CHECK_SHARDS]:
+        for serialized in tf.data.TFRecordDataset(path).take(LABEL_CHECK_RECORDS):
+            parsed = records.parse_example(serialized)
+            synset = parsed["synset"].numpy().decode("utf-8")
+            if not synset:
+                continue
+            filename = parsed["filename"].numpy().decode("utf-8")
+            if synset not in index:
+                raise ValueError(f"{path}: record {filename!r} is of {synset}, which {synsets_path} does not list; "
+                                 "the shards and the class list do not belong together")
+            stored = int(parsed["label"].numpy())
+            needed = stored - index[synset]
+            if needed != config.label_offset:
+                raise ValueError(
+                    f"{path}: record {filename!r} is of {synset}, class {index[synset]} in {synsets_path}, "
+                    f"stored with label {stored}: these shards need --label_offset={needed}, not "
+                    f"--label_offset={config.label_offset}"
+                )
 
 
 def _seed(config: Config, pipeline_id: int, purpose: str) -> int | None:
@@ -92,6 +138,7 @@ def make_dataset(
     stats: DatasetStatistics | None = None,
     ten_crop: bool = False,
     repeat: bool | None = None,
+    skip_records: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (images, labels) from the converter's shards.
 
@@ -107,6 +154,9 @@ def make_dataset(
       stats: the mean and PCA; default the converter's ``statistics.json`` beside the shards.
       ten_crop: evaluation only: yield the ten patches of each image.
       repeat: repeat forever; default True when training, False otherwise.
+      skip_records: records of this pipeline to pass over undecoded (the batches a run resumed
+        mid-epoch has already trained on); the rest are exactly those an unskipped pipeline
+        yields after them, augmentation included.
 
     Returns:
       A dataset of float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images, s = config.input_size,
@@ -179,6 +229,10 @@ def make_dataset(
             seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True
         )
         dataset = tf.data.Dataset.zip(dataset, seeds)
+    # Resuming mid-epoch: skip what was trained on before parsing and decoding, after the
+    # shuffle and the seeds, so the remaining records and their augmentation are unchanged.
+    if skip_records:
+        dataset = dataset.skip(skip_records)
     # Parse, decode and augment in one parallel map: decoding is the expensive step, and it runs
     # only on records that will be used.
     dataset = dataset.map(
@@ -212,7 +266,8 @@ def _make_map_fn(training: bool, ten_crop: bool, config: Config, stats: DatasetS
                 "of",
                 parsed["filename"],
                 f"is outside [0, {config.num_classes}) after "
-                f"--label_offset={config.label_offset}; shards with 1-based labels need --label_offset=1",
+                f"--label_offset={config.label_offset}; check --label_offset (1 for 1-based labels, 0 for "
+                "0-based)",
             ],
         )
         with tf.control_dependencies([check]):

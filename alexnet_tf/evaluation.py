@@ -25,7 +25,7 @@ from absl import logging
 from alexnet_tf import data, imagenet
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
-from alexnet_tf.statistics import DatasetStatistics, load_statistics
+from alexnet_tf.statistics import STATISTICS_FILE, DatasetStatistics, load_statistics
 
 TOP_K = 5
 NUM_CROPS = 10
@@ -54,10 +54,26 @@ def as_predictor(model: keras.Model | Predictor) -> Predictor:
     return model
 
 
+def top_k_classes(probabilities: tf.Tensor, k: int) -> tf.Tensor:
+    """The ``k`` most probable classes of each row, best first: [B, C] -> int32 [B, k].
+
+    The one top-k definition of training and evaluation: ties go to the lower class index
+    (``tf.math.top_k``'s order), so a collapsed network with uniform outputs scores as one
+    that always predicts class 0, not as one that is always right (``tf.math.in_top_k``
+    counts every tied class as a hit).
+    """
+    return tf.math.top_k(tf.cast(probabilities, tf.float32), k=k).indices
+
+
 def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tensor], tf.Tensor]:
     """Images ([B, s, s, 3], or [B, 10, s, s, 3] for 10-crop) -> int32 top-k classes [B, k]."""
 
     def step(images: tf.Tensor) -> tf.Tensor:
+        # A replica gets no images when the last global batch is smaller than the replicas need;
+        # on CPU a convolution of an empty batch returns the wrong shape, so the network is not run.
+        return tf.cond(tf.shape(images)[0] > 0, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
+
+    def classes(images: tf.Tensor) -> tf.Tensor:
         if ten_crop:
             shape = tf.shape(images)
             # All views of all images in one batch through the network.
@@ -66,7 +82,7 @@ def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tens
             prob = tf.reduce_mean(tf.reshape(prob, [shape[0], shape[1], -1]), axis=1)
         else:
             prob = tf.cast(predict(images), tf.float32)
-        return tf.math.top_k(prob, k=k).indices
+        return top_k_classes(prob, k)
 
     return step
 
@@ -225,6 +241,7 @@ def evaluate(
     ten_crop: bool = True,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    stats: DatasetStatistics | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of ``model`` on the validation shards in ``data_dir``.
 
@@ -239,6 +256,9 @@ def evaluate(
       class_names: class index -> name, for the per-class table; when None, ImageNet's names
         for a 1000-class model and ``class i`` otherwise.
       progress: show a progress bar.
+      stats: the statistics of the training set the model was trained on (``model_statistics``);
+        when None, those beside the shards in ``data_dir`` (the fallback for models that carry
+        none: right only when ``data_dir`` was converted with the model's training set).
 
     Returns:
       The report: ``{"center_crop": {"top1_error", "top5_error", "images_per_second", ...},
@@ -247,8 +267,14 @@ def evaluate(
     predict = as_predictor(model)
     if class_names is None and config.num_classes == 1000:
         class_names = imagenet.class_names()
-    stats = load_statistics(data_dir)
-    report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes}
+    data.check_labels(data_dir, VALIDATION_SPLIT, config)
+    if stats is None:
+        stats = load_statistics(data_dir)
+        logging.warning("Preprocessing with the statistics of the data directory (%s), not the model's",
+                        stats.source)
+    else:
+        logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
+    report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
         logging.info("Evaluating the %s on %s", key.replace("_", " "), data_dir)
         top_k, labels, seconds = predict_top_k(
@@ -318,6 +344,24 @@ def write_report(report: dict[str, Any], report_dir: str) -> None:
     with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:
         f.write(report_markdown(report))
     logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)
+
+
+def model_statistics(path: str) -> DatasetStatistics | None:
+    """The training-set statistics that travel with a model, or None for a model without them.
+
+    Training writes ``statistics.json`` (and ``mean_image.npy``) into its work directory, beside
+    ``model.keras``, and into the SavedModel's directory, so an evaluation on any data directory
+    preprocesses as training did.
+
+    Args:
+      path: a training workdir, a ``.keras`` file in one, or a SavedModel directory.
+    """
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.exists(os.path.join(directory, STATISTICS_FILE)):
+        logging.warning("%s carries no %s: the data directory's statistics stand in for the training set's",
+                        path, STATISTICS_FILE)
+        return None
+    return load_statistics(directory)
 
 
 def load_model(path: str) -> tuple[keras.Model, Config]:

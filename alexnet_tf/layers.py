@@ -117,3 +117,31 @@ class TowerConv2D(keras.layers.Conv2D):
         config.pop("groups")
         config["towers"] = self.towers
         return config
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class ReplicaDropout(keras.layers.Dropout):
+    """Dropout (section 4.2) whose masks are independent across the replicas of a global batch.
+
+    Keras' ``Dropout`` draws its mask from a seed state that every replica shares, so under a
+    distribution strategy example i of each replica's share gets the same mask. Here each step
+    draws one mask for the whole global batch (replicas x the replica's batch) from that state,
+    and each replica keeps the rows of its own examples: every example of the global batch has
+    its own mask, whatever the number of replicas and workers, and a run on N replicas drops
+    exactly the units a run of the same global batch on one device drops. The seed state is
+    the layer's ``seed_generator``, as in ``Dropout``, so checkpoints carry it.
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate <= 0:
+            return inputs
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        shape = tf.shape(inputs)
+        rows = shape[0]
+        keep = tf.random.stateless_uniform(tf.concat([[rows * replicas], shape[1:]], axis=0), seed) >= self.rate
+        keep = keep[tf.cast(replica, tf.int32) * rows:][:rows]
+        scale = tf.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+        return tf.where(keep, inputs * scale, tf.zeros_like(inputs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from alexnet_tf.layers import LocalResponseNormalization, TowerConv2D
+from alexnet_tf.layers import LocalResponseNormalization, ReplicaDropout, TowerConv2D
 
 PAPER_INPUT_SIZE = 227
 WEIGHT_STDDEV = 0.01  # section 5: weights from N(0, 0.01)
@@ -139,7 +139,8 @@ def build_alexnet(
     x = keras.layers.Flatten(name="flatten")(x)
     for index in (6, 7):
         x = keras.layers.Dense(units(4096), activation="relu", **initializers(f"fc{index}"))(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
+        # Independent masks on every replica (Keras' Dropout repeats one replica's masks).
+        x = ReplicaDropout(dropout, name=f"dropout{index}")(x)
     logits = keras.layers.Dense(num_classes, **initializers("fc8"))(x)
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="prob")(logits)
     return keras.Model(inputs, probabilities, name=name)

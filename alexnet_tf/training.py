@@ -9,6 +9,7 @@ replicas. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy``
 A work directory holds everything a run writes::
 
     config.json        the resolved configuration
+    statistics.json    the training set's statistics (and mean_image.npy): evaluation uses these
     checkpoints/       tf.train.CheckpointManager: model, optimizer (slots, learning rate),
                        epoch, step, schedule state, dropout RNG state
     logs/train, logs/validation   TensorBoard
@@ -194,15 +195,17 @@ class Inputs:
     """Where a run's batches come from.
 
     Attributes:
-      train: ``(input_context, epoch) -> dataset`` of per-replica (images, labels) batches; it is
-        called afresh for every epoch and must yield at least ``steps_per_epoch`` batches.
+      train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
+        batches; it is called afresh for every epoch and must yield at least ``steps_per_epoch``
+        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply:
+        a run resumed mid-epoch has trained on them).
       validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
       steps_per_epoch: training steps per epoch.
       data_dir: the converted records these come from ("" for in-memory or synthetic data).
       stats: the training set's statistics (for the export), when known.
     """
 
-    train: Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+    train: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
     validation: Callable[[], tf.data.Dataset] | None
     steps_per_epoch: int
     data_dir: str = ""
@@ -234,6 +237,8 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
     """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
     train_pattern = data.file_pattern(data_dir, "train")
     validation_pattern = data.file_pattern(data_dir, "validation")
+    for split in ("train", "validation"):
+        data.check_labels(data_dir, split, config)
     stats = statistics.load_statistics(data_dir)
     steps = config.steps_per_epoch
     if not steps:
@@ -244,10 +249,11 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
                              f"(--batch_size={config.batch_size})")
         logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         epoch_config = config.replace(seed=_epoch_seed(config, epoch))
+        skip = skip_batches * input_context.get_per_replica_batch_size(config.batch_size)
         return data.make_dataset(train_pattern, True, epoch_config, input_context=input_context,
-                                 stats=stats, repeat=True)
+                                 stats=stats, repeat=True, skip_records=skip)
 
     def validation() -> tf.data.Dataset:
         return data.make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
@@ -267,14 +273,15 @@ def array_inputs(
     num_pipelines = 1
     steps = config.steps_per_epoch or len(train_images) // config.batch_size
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         nonlocal num_pipelines
         num_pipelines = input_context.num_input_pipelines
         dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
         dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
         seed = _epoch_seed(config, epoch) if config.deterministic else None
         dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
-        return dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        return dataset.skip(skip_batches)  # arrays: nothing to decode
 
     validation = None
     if val_images is not None:
@@ -289,7 +296,8 @@ def synthetic_inputs(config: Config) -> Inputs:
     """Random tensors of the right shape, to time the model step without an input pipeline."""
     size = config.input_size
 
-    def train(input_context: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        del skip_batches  # every batch is the same
         batch = input_context.get_per_replica_batch_size(config.batch_size)
         images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
         labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
@@ -445,11 +453,15 @@ class Trainer:
         def replica_step(images, labels):
             loss, gradients, probabilities = forward_backward(images, labels)
             # The loss clips probabilities, so it can stay finite while the network turns to NaN:
-            # the gradients tell. (Under loss scaling, overflowing gradients are the optimiser's
-            # business: it skips the step and lowers the scale.)
+            # the probabilities and gradients tell. (Under loss scaling, overflowing gradients are
+            # the optimiser's business: it skips the step and lowers the scale; NaN probabilities
+            # are a NaN forward pass, which no scale cures.)
             finite = tf.cast(tf.math.is_finite(loss), tf.float32)
+            finite *= tf.cast(tf.reduce_all(tf.math.is_finite(tf.cast(probabilities, tf.float32))), tf.float32)
             if not scaled:
                 finite *= tf.cast(tf.math.is_finite(tf.linalg.global_norm(gradients)), tf.float32)
+            else:
+                gradients = _overflow_on_every_replica(gradients)
             # Keras sums the gradients over replicas before applying them.
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return (loss, *_correct_counts(labels, probabilities, top_k), 1.0 - finite)
@@ -466,10 +478,16 @@ class Trainer:
         model, strategy = self.model, self.strategy
         top_k = min(TOP_K, self.config.num_classes)
 
-        def replica_step(images, labels):
+        def figures(images, labels):
             probabilities = model(images, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
             return (loss, *_correct_counts(labels, probabilities, top_k))
+
+        def replica_step(images, labels):
+            # The last global batch can leave a replica without images; a convolution of an
+            # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
+            return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
+                           lambda: (tf.constant(0.0),) * 4)
 
         @tf.function(reduce_retracing=True)
         def eval_step(batch):
@@ -482,9 +500,17 @@ class Trainer:
         self.sgd.learning_rate.assign(rate)
 
     def distribute(self, inputs: Inputs, epoch: int) -> Iterator:
-        """An iterator over this epoch's distributed training batches."""
+        """An iterator over this epoch's distributed training batches, from step ``step_in_epoch`` on.
+
+        A checkpoint taken mid-epoch resumes after the batches already trained on; the input
+        pipelines pass over their records without decoding them.
+        """
+        done = int(self.step_in_epoch.numpy())
+
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            return inputs.train(context, epoch)
+            # Each step takes one batch per replica from its worker's pipeline.
+            replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
+            return inputs.train(context, epoch, done * replicas_per_pipeline)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -515,12 +541,28 @@ class Trainer:
                 "top5_error": float(1 - top5 / count), "images": int(count)}
 
 
+def _overflow_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Makes every replica's gradients non-finite when any replica's are (in replica context).
+
+    Keras' ``LossScaleOptimizer`` checks the gradients for overflow on each replica before they
+    are summed and lets the first replica decide: an overflow on another replica alone would be
+    summed into the weights and leave the scale as it is. Agreeing on one flag first (an
+    all-reduce over every replica of every worker) makes each replica's check see the overflow,
+    so the step is skipped everywhere and the scale lowered.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    overflows = tf.cast(tf.logical_not(finite), tf.float32)
+    overflows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, overflows)
+    poison = tf.where(overflows > 0, math.nan, 1.0)
+    return [g * tf.cast(poison, g.dtype) for g in gradients]
+
+
 def _correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tuple[tf.Tensor, ...]:
-    probabilities = tf.cast(probabilities, tf.float32)
-    top1 = tf.math.in_top_k(labels, probabilities, 1)
-    topk = tf.math.in_top_k(labels, probabilities, top_k)
-    count = tf.cast(tf.shape(labels)[0], tf.float32)
-    return tf.reduce_sum(tf.cast(top1, tf.float32)), tf.reduce_sum(tf.cast(topk, tf.float32)), count
+    """(top-1 hits, top-k hits, images) by the evaluation's top-k definition (ties: lower index)."""
+    hits = tf.equal(evaluation.top_k_classes(probabilities, top_k), tf.cast(labels, tf.int32)[:, None])
+    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.float32))
+    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.float32))
+    return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,6 +722,9 @@ def _train(
     latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
     if chief:
         _write_config(config, workdir, resuming=bool(latest))
+        if inputs.stats is not None:
+            # The preprocessing travels with the model: evaluation reads these, not the data dir's.
+            inputs.stats.save(workdir)
     trainer = Trainer(config, strategy)
     checkpoints = _Checkpoints(trainer, workdir, chief, resolver.task_id if resolver else 0)
     if latest:
@@ -753,10 +798,8 @@ def _train_epoch(
     """Runs the rest of epoch ``epoch``; returns the checkpoint path when SIGTERM stopped it."""
     config = trainer.config
     steps = inputs.steps_per_epoch
-    iterator = trainer.distribute(inputs, epoch)
     done = int(trainer.step_in_epoch.numpy())
-    for _ in range(done):  # a mid-epoch checkpoint: skip the batches already trained on
-        next(iterator)
+    iterator = trainer.distribute(inputs, epoch)  # from step `done`: a mid-epoch checkpoint resumes there
     progress = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], verbose=1 if verbose else 0)
     if verbose:
         logging.info("Epoch %d/%d, learning rate %g", epoch + 1, config.epochs, rate)
@@ -807,7 +850,8 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
     report_dir = os.path.join(workdir, REPORT_DIR)
     report = evaluation.evaluate(trainer.model, config, inputs.data_dir,
                                  report_dir=report_dir if chief else None, strategy=trainer.strategy,
-                                 ten_crop=True, class_names=names, progress=chief)
+                                 ten_crop=True, class_names=names, progress=chief,
+                                 stats=inputs.stats or statistics.load_statistics(inputs.data_dir))
     results.update({
         "val_top1_error": report["center_crop"]["top1_error"],
         "val_top5_error": report["center_crop"]["top5_error"],
@@ -819,5 +863,6 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
         export_dir = export.export_saved_model(trainer.model, os.path.join(workdir, EXPORT_DIR), config,
                                                stats, wnids, names)
+        stats.save(export_dir)  # for evaluate.py --saved_model, as the workdir's for --checkpoint
         results["saved_model"] = os.path.abspath(export_dir)
     return results

@@ -30,6 +30,8 @@ from alexnet_tf.config import get_config  # noqa: E402
 NUM_IMAGES = 64
 # Mirrored (2 replicas) vs one device: the same sums in another order; float32 round-off.
 MIRRORED_ATOL = 1e-5
+# The same under mixed_float16: float16 activations and gradients summed in another grouping.
+MIXED_FLOAT16_ATOL = 1e-4
 
 
 def _tiny(**overrides):
@@ -53,6 +55,25 @@ def _inputs(config, seed=0):
 
 def _weights(model):
     return [np.array(w) for w in model.weights]
+
+
+def _write_records(data_dir, config, num_train=80, num_val=16):
+    """Random JPEGs as train and validation shards (labels cycling), for runs through the pipeline."""
+    from alexnet_tf import records
+
+    os.makedirs(data_dir, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, count, shards in ((records.TRAIN_PREFIX, num_train, 2), (records.VALIDATION_PREFIX, num_val, 1)):
+        for shard in range(shards):
+            with tf.io.TFRecordWriter(os.path.join(data_dir, records.shard_name(prefix, shard, shards))) as writer:
+                for i in range(shard, count, shards):
+                    label = i % config.num_classes
+                    image = rng.integers(0, 256, (config.image_size, config.image_size, 3), dtype=np.uint8)
+                    image[..., label % 3] //= 2  # something to learn
+                    writer.write(records.serialize_example(
+                        tf.io.encode_jpeg(image).numpy(), config.image_size, config.image_size, label,
+                        f"n{label:08d}", f"class {label}", f"{prefix}_{i}.jpg"))
+    return str(data_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +251,33 @@ def test_built_in_data_end_to_end(tmp_path):
     assert (pathlib.Path(data_dir) / training.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
 
 
+def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkeypatch):
+    from alexnet_tf import preprocess
+
+    config = _tiny(batch_size=4, shuffle_buffer=64)
+    inputs = training.record_inputs(config, _write_records(tmp_path / "data", config, num_train=64))
+    decoded = []
+    original = preprocess.preprocess_for_train
+
+    def counting(encoded, *args):
+        tick = tf.py_function(lambda: np.int32(len(decoded.append(1) or decoded)), [], tf.int32)
+        with tf.control_dependencies([tick]):
+            return tf.identity(original(encoded, *args))
+
+    monkeypatch.setattr(preprocess, "preprocess_for_train", counting)
+    trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    done = 14  # of 16 steps: 56 records trained on before the checkpoint
+    fresh = trainer.distribute(inputs, 1)
+    expected = [next(fresh) for _ in range(done + 1)][-1]
+    del fresh
+    decoded.clear()
+    trainer.step_in_epoch.assign(done)
+    first = next(trainer.distribute(inputs, 1))
+    np.testing.assert_array_equal(first[1], expected[1])  # the batch after the skipped ones
+    np.testing.assert_array_equal(first[0], expected[0])  # with the same augmentation
+    assert len(decoded) < done * config.batch_size, f"{len(decoded)} records decoded to resume at step {done}"
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--data_dir"):
         training.train(_tiny(), str(tmp_path), verbose=False)
@@ -252,34 +300,45 @@ def _spawn(*args, env=None):
 
 
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
+    """Without dropout, with dropout (masks equal by construction) and under mixed_float16."""
     out = tmp_path / "mirrored.json"
-    result = _run_script("mirrored", out)
+    result = _run_script("mirrored", out, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
-    assert figures["replicas"] == 2
-    assert figures["moved"] > 100 * MIRRORED_ATOL  # the steps did change the weights
-    assert figures["max_abs_difference"] < MIRRORED_ATOL, figures
+    variants = json.loads(out.read_text())
+    assert set(variants) == {"float32", "dropout", "mixed_float16"}
+    for name, figures in variants.items():
+        tolerance = MIXED_FLOAT16_ATOL if name == "mixed_float16" else MIRRORED_ATOL
+        assert figures["replicas"] == 2
+        assert figures["moved"] > 100 * tolerance, (name, figures)  # the steps did change the weights
+        assert figures["max_abs_difference"] < tolerance, (name, figures)
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """Two replicas, dropout on, records through the pipeline; killed at a checkpoint mid-epoch."""
+    data_dir = _write_records(tmp_path / "data", _tiny())
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = _spawn("run", whole, 0.0)
-    victim = _spawn("run", killed, 0.3)
-    deadline = time.time() + 90
-    # Kill once a mid-run checkpoint (global step 4 of 12) exists.
-    while not list((killed / "checkpoints").glob("ckpt-4.index")):
+    reference = _spawn("run", whole, 0.0, data_dir)
+    victim = _spawn("run", killed, 0.5, data_dir)
+    deadline = time.time() + 120
+    # 5 steps per epoch, a checkpoint every 2 steps: ckpt-1 is global step 2, step 2 of epoch 1.
+    # The next save is two 0.5 s steps away.
+    while not (tf.train.latest_checkpoint(str(killed / "checkpoints")) or "").endswith("ckpt-1"):
         assert victim.poll() is None, victim.stdout.read()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert latest.endswith("ckpt-1"), latest
+    assert int(tf.train.load_variable(latest, "step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 2  # mid-epoch
+    assert int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 0
     assert not (killed / "summary.json").exists()
-    assert reference.wait(timeout=90) == 0, reference.stdout.read()[-3000:]
-    resumed = _run_script("run", killed, 0.0)
+    assert reference.wait(timeout=180) == 0, reference.stdout.read()[-3000:]
+    resumed = _run_script("run", killed, 0.0, data_dir, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((killed / "summary.json").read_text())
-    assert summary["epochs_completed"] == 3
+    assert summary["epochs_completed"] == 2 and summary["resumed_from_epoch"] == 0
     assert json.loads((whole / "summary.json").read_text())["resumed_from_epoch"] == 0
     a, b = np.load(whole / "weights.npz"), np.load(killed / "weights.npz")
     assert sorted(a.files) == sorted(b.files)
@@ -327,6 +386,9 @@ def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
     assert results[0]["global_step"] == results[1]["global_step"] == 4
     assert results[0]["weights_l2_norm"] == results[1]["weights_l2_norm"]
     assert results[0]["val_top1_error"] == results[1]["val_top1_error"]
+    for result in results:  # loss scaling and dropout agree across workers
+        assert result["overflow_loss_finite"] and result["overflow_step_skipped"], result
+        assert result["overflow_scale_halved"] and result["worker_masks_differ"], result
     assert (tmp_path / "run" / "summary.json").exists()  # only the chief writes it
     assert not list((tmp_path / "run").glob(".worker_*"))
 
@@ -338,32 +400,45 @@ def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
 def _mirrored(out):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    config = _tiny(dropout=0.0, pca_std=0.0)
-    inputs = _inputs(config)
-    results = {}
-    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        trainer = training.Trainer(config, strategy)
-        start = _weights(trainer.model)
-        trainer.set_learning_rate(config.learning_rate)
-        iterator = trainer.distribute(inputs, 0)
-        for _ in range(3):
-            trainer.train_step(iterator)
-        results[name] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
-    (start, one, _), (_, two, replicas) = results["one"], results["two"]
-    figures = {
-        "replicas": replicas,
-        "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
-        "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
-    }
-    pathlib.Path(out).write_text(json.dumps(figures))
+    # One strategy for all variants: collective ops of several MirroredStrategy objects in one
+    # process can collide.
+    strategies = (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                  ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+    variants = {}
+    for name, overrides in (("float32", dict(dropout=0.0)), ("dropout", dict(dropout=0.5)),
+                            ("mixed_float16", dict(dropout=0.5, precision="mixed_float16"))):
+        config = _tiny(pca_std=0.0, **overrides)
+        inputs = _inputs(config)
+        results = {}
+        for key, strategy in strategies:
+            trainer = training.Trainer(config, strategy)
+            start = _weights(trainer.model)
+            trainer.set_learning_rate(config.learning_rate)
+            iterator = trainer.distribute(inputs, 0)
+            for _ in range(3):
+                trainer.train_step(iterator)
+            results[key] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
+        (start, one, _), (_, two, replicas) = results["one"], results["two"]
+        variants[name] = {
+            "replicas": replicas,
+            "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
+            "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+        }
+    pathlib.Path(out).write_text(json.dumps(variants))
 
 
-def _run(workdir, delay):
-    config = _tiny(epochs=3, checkpoint_every_steps=2)
+def _run(workdir, delay, data_dir=None):
     delay = float(delay)
-    summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
-                             step_callback=lambda step, figures: time.sleep(delay))
+    if data_dir:  # through the record pipeline, on two replicas
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        config = _tiny(epochs=2, checkpoint_every_steps=2, data_dir=data_dir, shuffle_buffer=80)
+        summary = training.train(config, workdir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                                 verbose=False, step_callback=lambda step, figures: time.sleep(delay))
+    else:
+        config = _tiny(epochs=3, checkpoint_every_steps=2)
+        summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
+                                 step_callback=lambda step, figures: time.sleep(delay))
     if "stopped" in summary:
         print("stopped by", summary["stopped"], flush=True)
         return
@@ -386,7 +461,42 @@ def _mwms(task_index, port0, port1, workdir, out):
         "global_step": summary["global_step"],
         "val_top1_error": summary["val_top1_error"],
         "weights_l2_norm": summary["weights_l2_norm"],
+        **_mwms_scaling_and_dropout(strategy, config),
     }))
+
+
+def _mwms_scaling_and_dropout(strategy, config):
+    """Across workers: an overflow on the second worker only skips the step on both; masks differ."""
+    mixed = config.replace(precision="mixed_float16", dropout=0.5)
+    trainer = training.Trainer(mixed, strategy)
+    trainer.set_learning_rate(mixed.learning_rate)
+    rng = np.random.default_rng(0)
+    per_replica = mixed.batch_size // strategy.num_replicas_in_sync
+    images = rng.normal(0, 50, (per_replica, mixed.input_size, mixed.input_size, 3)).astype(np.float32)
+    labels = rng.integers(0, mixed.num_classes, per_replica).astype(np.int32)
+
+    def dataset_fn(context):
+        # Pixels 1000x larger on the second worker: its scaled float16 gradients overflow.
+        factor = 1000.0 if context.input_pipeline_id == 1 else 1.0
+        return tf.data.Dataset.from_tensors((images * factor, labels)).repeat()
+
+    before, scale = _weights(trainer.model), float(trainer.optimizer.scale_loss(1.0))
+    loss = trainer.train_step(iter(strategy.distribute_datasets_from_function(dataset_fn)))[0]
+    after = _weights(trainer.model)
+    layer = trainer.model.get_layer("dropout6")
+
+    @tf.function
+    def masks():
+        outputs = strategy.run(lambda: layer(tf.ones([per_replica, 64]), training=True))
+        return strategy.gather(outputs, axis=0)
+
+    first, second = np.split(masks().numpy() != 0, 2)
+    return {
+        "overflow_loss_finite": bool(np.isfinite(loss)),
+        "overflow_step_skipped": all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)),
+        "overflow_scale_halved": float(trainer.optimizer.scale_loss(1.0)) == scale / 2,
+        "worker_masks_differ": not np.array_equal(first, second),
+    }
 
 
 if __name__ == "__main__":
