@@ -217,3 +217,94 @@ def test_saved_model_cli_show_and_run(shared_data, run, export_dir, tmp_path):
     top5 = np.argsort(-_python_path(run, encoded))[:5]
     classes = cli.stdout.split("Result for output key classes:")[1].split("Result for")[0]
     assert [int(v) for v in classes.replace("[", " ").replace("]", " ").split()] == top5.tolist()
+
+
+# The bfloat16 export: the same signatures, weights stored in bfloat16, the float32 export's answers.
+
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9 per weight and activation); through
+# eight layers the softmax moves by a few thousandths on these models.
+BFLOAT16_PROBABILITY_ATOL = 0.02
+BFLOAT16_TOP1_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module")
+def bfloat16_export_dir(run, tmp_path_factory):
+    return export.export_saved_model(run.model, str(tmp_path_factory.mktemp("bf16") / "1"), run.config, run.stats,
+                                     run.wnids, run.names, precision="bfloat16")
+
+
+def _graph_ops(export_dir: str) -> list:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return [node for meta_graph in saved.meta_graphs for function in meta_graph.graph_def.library.function
+            for node in function.node_def]
+
+
+def _variables_bytes(export_dir: str) -> int:
+    folder = os.path.join(export_dir, "variables")
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+
+
+def _real_validation_jpegs(shared_data) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((shared_data / "imagenet-sample" / "val").glob("*.JPEG"))]
+
+
+def test_bfloat16_copy_stores_weights_in_bfloat16_and_outputs_float32(run):
+    copy = export.bfloat16_copy(run.model)
+    assert {weight.dtype for weight in copy.weights} == {"bfloat16"}
+    assert len(copy.weights) == len(run.model.weights)
+    for weight, copied in zip(run.model.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(tf.cast(copied, tf.float32), tf.cast(tf.cast(weight, tf.bfloat16), tf.float32))
+    assert copy.get_layer("prob").dtype_policy.name == "float32"
+    images = tf.random.normal([2, run.config.input_size, run.config.input_size, 3], stddev=50.0, seed=1)
+    assert copy(images).dtype == tf.float32
+    # The original model is left as it was.
+    assert {weight.dtype for weight in run.model.weights} == {"float32"}
+
+
+def test_export_refuses_an_unknown_precision(run, tmp_path):
+    with pytest.raises(ValueError, match="--export_precision"):
+        export.export_saved_model(run.model, str(tmp_path / "1"), run.config, run.stats, run.wnids, run.names,
+                                  precision="float16")
+
+
+def test_bfloat16_export_signatures_weights_and_graph(export_dir, bfloat16_export_dir, run):
+    loaded = tf.saved_model.load(bfloat16_export_dir)
+    float32 = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {export.SERVING_SIGNATURE, export.FLOAT_SIGNATURE}
+    for name in loaded.signatures:
+        signature, reference = loaded.signatures[name], float32.signatures[name]
+        assert signature.structured_input_signature == reference.structured_input_signature, name
+        assert {k: (v.dtype, v.shape.as_list()) for k, v in signature.structured_outputs.items()} == {
+            k: (v.dtype, v.shape.as_list()) for k, v in reference.structured_outputs.items()}, name
+    assert loaded.signatures[export.FLOAT_SIGNATURE].structured_outputs["prob"].dtype == tf.float32
+    assert {v.dtype for v in loaded.variables if v.dtype.is_floating} == {tf.bfloat16}
+    assert 0.4 < _variables_bytes(bfloat16_export_dir) / _variables_bytes(export_dir) < 0.6
+    assert export.load_config(bfloat16_export_dir) == run.config.replace(export_precision="bfloat16")
+    assert export.xla_must_compile_functions(bfloat16_export_dir) == []
+    # The network runs in bfloat16, LRN in float32 (it has no bfloat16 CPU kernel).
+    nodes = _graph_ops(bfloat16_export_dir)
+    # A type attribute at its default (float32 for these ops) is left out of the saved graph.
+    dtypes = {op: {node.attr["T"].type or tf.float32.as_datatype_enum for node in nodes if node.op == op}
+              for op in ("Conv2D", "MatMul", "LRN")}
+    assert dtypes == {"Conv2D": {tf.bfloat16.as_datatype_enum}, "MatMul": {tf.bfloat16.as_datatype_enum},
+                      "LRN": {tf.float32.as_datatype_enum}}
+
+
+def test_bfloat16_export_agrees_with_float32(shared_data, run, export_dir, bfloat16_export_dir):
+    images = [f.read_bytes() for f in run.val_files] + _real_validation_jpegs(shared_data)
+    outputs = {}
+    for name, directory in (("float32", export_dir), ("bfloat16", bfloat16_export_dir)):
+        serve = tf.saved_model.load(directory).signatures[export.SERVING_SIGNATURE]
+        outputs[name] = [serve(image_bytes=tf.constant(images[i:i + 32])) for i in range(0, len(images), 32)]
+    classes = {k: np.concatenate([o["classes"].numpy() for o in v]) for k, v in outputs.items()}
+    probabilities = {k: np.concatenate([o["probabilities"].numpy() for o in v]) for k, v in outputs.items()}
+    assert len(classes["float32"]) == len(images) == len(run.val_files) + 100
+    agreement = np.mean(classes["float32"][:, 0] == classes["bfloat16"][:, 0])
+    assert agreement >= BFLOAT16_TOP1_AGREEMENT, agreement
+    np.testing.assert_allclose(probabilities["bfloat16"], probabilities["float32"], atol=BFLOAT16_PROBABILITY_ATOL)
+    # Not the same export twice: the answers differ by bfloat16 rounding.
+    assert not np.array_equal(probabilities["bfloat16"], probabilities["float32"])
