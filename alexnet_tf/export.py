@@ -72,7 +72,9 @@ def header_height_width(encoded: tf.Tensor) -> tf.Tensor:
     is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
     known = tf.debugging.Assert(
         tf.logical_or(is_jpeg, is_png),
-        ["Not a JPEG or PNG image; it starts with", tf.strings.substr(encoded, 0, 8)],
+        # The leading bytes as numbers: raw bytes that are not UTF-8 would make the error
+        # message undecodable, and the caller would get a UnicodeDecodeError instead.
+        ["Not a JPEG or PNG image; its first bytes are", tf.io.decode_raw(tf.strings.substr(encoded, 0, 8), tf.uint8)],
     )
     with tf.control_dependencies([known]):
         return tf.cond(

@@ -308,3 +308,73 @@ def test_bfloat16_export_agrees_with_float32(shared_data, run, export_dir, bfloa
     np.testing.assert_allclose(probabilities["bfloat16"], probabilities["float32"], atol=BFLOAT16_PROBABILITY_ATOL)
     # Not the same export twice: the answers differ by bfloat16 rounding.
     assert not np.array_equal(probabilities["bfloat16"], probabilities["float32"])
+
+
+def _invalid_images(images: dict[str, bytes]) -> dict[str, bytes]:
+    jpeg = images["jpeg_224"]
+    return {
+        "random_bytes": np.random.default_rng(0).bytes(3000),
+        "truncated_jpeg": jpeg[: len(jpeg) // 3],
+        "png_bomb": png_bomb(12_000),
+        "jpeg_claiming_60000": jpeg_claiming(jpeg, 60_000, 60_000),
+    }
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_serving_from_threads_answers_each_request_as_alone(shared_data, run, export_dir, bfloat16_export_dir,
+                                                            precision):
+    from concurrent.futures import ThreadPoolExecutor
+
+    serve = tf.saved_model.load(export_dir if precision == "float32" else bfloat16_export_dir).signatures[
+        export.SERVING_SIGNATURE]
+    images = _test_images(shared_data, run)
+    valid, invalid = list(images.values()), list(_invalid_images(images).values())
+    expected = [serve(image_bytes=tf.constant([encoded]))["classes"].numpy()[0].tolist() for encoded in valid]
+    for encoded in invalid:
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            serve(image_bytes=tf.constant([encoded]))
+    threads, per_thread = 4, 15
+    # Every third request is invalid; each thread starts at a different place in the mix.
+    plan = [[("invalid", (t + r) % len(invalid)) if (t + r) % 3 == 2 else ("valid", (t + r) % len(valid))
+             for r in range(per_thread)] for t in range(threads)]
+
+    def worker(requests):
+        answers = []
+        for kind, index in requests:
+            encoded = valid[index] if kind == "valid" else invalid[index]
+            try:
+                answers.append(serve(image_bytes=tf.constant([encoded]))["classes"].numpy()[0].tolist())
+            except tf.errors.InvalidArgumentError:
+                answers.append("InvalidArgumentError")
+        return answers
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(worker, requests) for requests in plan]
+        answers = [future.result(timeout=600) for future in futures]
+    for requests, got in zip(plan, answers, strict=True):
+        assert got == [expected[i] if kind == "valid" else "InvalidArgumentError" for kind, i in requests]
+    assert sum(kind == "invalid" for requests in plan for kind, _ in requests) == 20
+
+
+@pytest.mark.slow
+def test_bfloat16_export_serves_in_a_fresh_process(shared_data, run, bfloat16_export_dir, tmp_path):
+    import base64
+
+    images = _test_images(shared_data, run)
+    requests = [list(images.values()), [b"this is not an image"], [png_bomb(12_000)], [images["png_gray"]]]
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, bfloat16_export_dir, str(requests_file)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not output["imported_alexnet_tf"]
+    answers = output["answers"]
+    here = tf.saved_model.load(bfloat16_export_dir).signatures[export.SERVING_SIGNATURE](
+        image_bytes=tf.constant(requests[0]))
+    assert answers[0]["classes"] == here["classes"].numpy().tolist()
+    np.testing.assert_allclose(answers[0]["probabilities"], here["probabilities"].numpy(), atol=1e-3)
+    assert answers[0]["wnids"][0] == [run.wnids[c] for c in answers[0]["classes"][0]]
+    assert "Not a JPEG or PNG" in answers[1]["error"]
+    assert "Image refused" in answers[2]["error"]
+    assert answers[3]["classes"] == [answers[0]["classes"][4]]
