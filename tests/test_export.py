@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tensorflow as tf
 from eval_helpers import exported_model, tiny_run
 from PIL import Image
 
-from alexnet_tf import export, preprocess
+from alexnet_tf import evaluation, export, preprocess
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
@@ -378,3 +379,24 @@ def test_bfloat16_export_serves_in_a_fresh_process(shared_data, run, bfloat16_ex
     assert "Not a JPEG or PNG" in answers[1]["error"]
     assert "Image refused" in answers[2]["error"]
     assert answers[3]["classes"] == [answers[0]["classes"][4]]
+
+
+@pytest.mark.slow
+def test_command_lines_export_in_bfloat16(run, tmp_path):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(workdir / evaluation.MODEL_FILE)
+    export_dir = tmp_path / "export" / "1"
+    command = [sys.executable, str(root / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+               f"--export_dir={export_dir}", "--export_precision=bfloat16", "--ten_crop=false"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert export.load_config(str(export_dir)).export_precision == "bfloat16"
+    loaded = tf.saved_model.load(str(export_dir))
+    assert {v.dtype for v in loaded.variables if v.dtype.is_floating} == {tf.bfloat16}
+    wrong = subprocess.run([sys.executable, str(root / "train.py"), f"--workdir={tmp_path / 'never'}",
+                            "--export_precision=float16"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert wrong.returncode != 0 and "--export_precision='float16'" in wrong.stderr
+    assert not (tmp_path / "never").exists()
