@@ -2,6 +2,7 @@
 
   python evaluate.py --checkpoint=WORKDIR --data_dir=DATA --report_dir=REPORT [--figures]
   python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
+  python evaluate.py --checkpoint=WORKDIR --export_dir=EXPORT_DIR --export_precision=bfloat16
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_tf import evaluation, export, training  # noqa: E402
+from alexnet_tf import evaluation, export, statistics, training  # noqa: E402
 from alexnet_tf.converter import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
@@ -26,6 +27,9 @@ flags.DEFINE_string("synsets", None, "wnids in label order; default the converte
 flags.DEFINE_bool("figures", False, "Also draw Figures 3 and 4 (needs --checkpoint).")
 flags.DEFINE_integer("num_gpus", None, "GPUs to evaluate on, as in train.py (default all visible; 0 for the CPU).")
 flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for Figure 4's neighbours.")
+flags.DEFINE_string("export_dir", None, "With --checkpoint: also write the serving SavedModel here (e.g. .../1).")
+flags.DEFINE_enum("export_precision", "float32", list(export.PRECISIONS),
+                  "Weights of the --export_dir SavedModel: as trained, or stored in bfloat16.")
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +39,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("pass exactly one of --checkpoint and --saved_model")
     if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
+    if FLAGS.export_dir and not FLAGS.checkpoint:
+        raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
     strategy = None
     if FLAGS.checkpoint:
         # The same strategy as training: the Keras model's variables are mirrored over the GPUs.
@@ -51,9 +57,14 @@ def main(argv: list[str]) -> None:
     synsets = FLAGS.synsets
     if not synsets and os.path.exists(os.path.join(data_dir, SYNSETS_FILE)):
         synsets = os.path.join(data_dir, SYNSETS_FILE)
-    names = evaluation.class_labels(config.num_classes, synsets)[1] if synsets or config.num_classes == 1000 else None
+    labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
+    names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
     stats = evaluation.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
+    if FLAGS.export_dir:
+        wnids, export_names = labels or ([f"class_{i}" for i in range(config.num_classes)],) * 2
+        export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),
+                                  wnids, export_names, precision=FLAGS.export_precision)
     report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,
                                  class_names=names, stats=stats)
     for view in ("center_crop", "ten_crop"):

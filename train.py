@@ -6,8 +6,8 @@
     python train.py --preset=paper --synthetic --steps_per_epoch=20 --epochs=1   # time the step
 
 Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
-``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``). Running again with the same
-``--workdir`` resumes.
+``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``,
+``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import training  # noqa: E402
+from alexnet_tf import export, training  # noqa: E402
 
 DATASET_PRESETS = {"shapes": "shapes", "imagenette": "imagenette", "records": "paper", "synthetic": "paper"}
 
@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
     overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
                  if FLAGS[f.name].value is not None}
     config = config_lib.get_config(preset, **overrides)
+    if config.export_precision not in export.PRECISIONS:
+        raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
     workdir = FLAGS.workdir or os.path.join("runs", preset)
     data_root = os.path.join(workdir, "data")
     if dataset == "shapes":

@@ -48,6 +48,9 @@ class Config:
     steps_per_epoch: int = 0  # 0: one pass over the training records
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
 
+    # Serving export (export.py).
+    export_precision: str = "float32"  # "float32" or "bfloat16" (weights stored in bfloat16)
+
     def replace(self, **overrides: Any) -> Config:
         """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""
         known = {f.name for f in dataclasses.fields(self)}

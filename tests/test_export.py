@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tensorflow as tf
 from eval_helpers import exported_model, tiny_run
 from PIL import Image
 
-from alexnet_tf import export, preprocess
+from alexnet_tf import evaluation, export, preprocess
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
@@ -218,3 +219,185 @@ def test_saved_model_cli_show_and_run(shared_data, run, export_dir, tmp_path):
     top5 = np.argsort(-_python_path(run, encoded))[:5]
     classes = cli.stdout.split("Result for output key classes:")[1].split("Result for")[0]
     assert [int(v) for v in classes.replace("[", " ").replace("]", " ").split()] == top5.tolist()
+
+
+# The bfloat16 export: the same signatures, weights stored in bfloat16, the float32 export's answers.
+
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9 per weight and activation); through
+# eight layers the softmax moves by a few thousandths on these models.
+BFLOAT16_PROBABILITY_ATOL = 0.02
+BFLOAT16_TOP1_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module")
+def bfloat16_export_dir(run, tmp_path_factory):
+    return export.export_saved_model(run.model, str(tmp_path_factory.mktemp("bf16") / "1"), run.config, run.stats,
+                                     run.wnids, run.names, precision="bfloat16")
+
+
+def _graph_ops(export_dir: str) -> list:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return [node for meta_graph in saved.meta_graphs for function in meta_graph.graph_def.library.function
+            for node in function.node_def]
+
+
+def _variables_bytes(export_dir: str) -> int:
+    folder = os.path.join(export_dir, "variables")
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+
+
+def _real_validation_jpegs(shared_data) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((shared_data / "imagenet-sample" / "val").glob("*.JPEG"))]
+
+
+def test_bfloat16_copy_stores_weights_in_bfloat16_and_outputs_float32(run):
+    copy = export.bfloat16_copy(run.model)
+    assert {weight.dtype for weight in copy.weights} == {"bfloat16"}
+    assert len(copy.weights) == len(run.model.weights)
+    for weight, copied in zip(run.model.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(tf.cast(copied, tf.float32), tf.cast(tf.cast(weight, tf.bfloat16), tf.float32))
+    assert copy.get_layer("prob").dtype_policy.name == "float32"
+    images = tf.random.normal([2, run.config.input_size, run.config.input_size, 3], stddev=50.0, seed=1)
+    assert copy(images).dtype == tf.float32
+    # The original model is left as it was.
+    assert {weight.dtype for weight in run.model.weights} == {"float32"}
+
+
+def test_export_refuses_an_unknown_precision(run, tmp_path):
+    with pytest.raises(ValueError, match="--export_precision"):
+        export.export_saved_model(run.model, str(tmp_path / "1"), run.config, run.stats, run.wnids, run.names,
+                                  precision="float16")
+
+
+def test_bfloat16_export_signatures_weights_and_graph(export_dir, bfloat16_export_dir, run):
+    loaded = tf.saved_model.load(bfloat16_export_dir)
+    float32 = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {export.SERVING_SIGNATURE, export.FLOAT_SIGNATURE}
+    for name in loaded.signatures:
+        signature, reference = loaded.signatures[name], float32.signatures[name]
+        assert signature.structured_input_signature == reference.structured_input_signature, name
+        assert {k: (v.dtype, v.shape.as_list()) for k, v in signature.structured_outputs.items()} == {
+            k: (v.dtype, v.shape.as_list()) for k, v in reference.structured_outputs.items()}, name
+    assert loaded.signatures[export.FLOAT_SIGNATURE].structured_outputs["prob"].dtype == tf.float32
+    assert {v.dtype for v in loaded.variables if v.dtype.is_floating} == {tf.bfloat16}
+    assert 0.4 < _variables_bytes(bfloat16_export_dir) / _variables_bytes(export_dir) < 0.6
+    assert export.load_config(bfloat16_export_dir) == run.config.replace(export_precision="bfloat16")
+    assert export.xla_must_compile_functions(bfloat16_export_dir) == []
+    # The network runs in bfloat16, LRN in float32 (it has no bfloat16 CPU kernel).
+    nodes = _graph_ops(bfloat16_export_dir)
+    # A type attribute at its default (float32 for these ops) is left out of the saved graph.
+    dtypes = {op: {node.attr["T"].type or tf.float32.as_datatype_enum for node in nodes if node.op == op}
+              for op in ("Conv2D", "MatMul", "LRN")}
+    assert dtypes == {"Conv2D": {tf.bfloat16.as_datatype_enum}, "MatMul": {tf.bfloat16.as_datatype_enum},
+                      "LRN": {tf.float32.as_datatype_enum}}
+
+
+def test_bfloat16_export_agrees_with_float32(shared_data, run, export_dir, bfloat16_export_dir):
+    images = [f.read_bytes() for f in run.val_files] + _real_validation_jpegs(shared_data)
+    outputs = {}
+    for name, directory in (("float32", export_dir), ("bfloat16", bfloat16_export_dir)):
+        serve = tf.saved_model.load(directory).signatures[export.SERVING_SIGNATURE]
+        outputs[name] = [serve(image_bytes=tf.constant(images[i:i + 32])) for i in range(0, len(images), 32)]
+    classes = {k: np.concatenate([o["classes"].numpy() for o in v]) for k, v in outputs.items()}
+    probabilities = {k: np.concatenate([o["probabilities"].numpy() for o in v]) for k, v in outputs.items()}
+    assert len(classes["float32"]) == len(images) == len(run.val_files) + 100
+    agreement = np.mean(classes["float32"][:, 0] == classes["bfloat16"][:, 0])
+    assert agreement >= BFLOAT16_TOP1_AGREEMENT, agreement
+    np.testing.assert_allclose(probabilities["bfloat16"], probabilities["float32"], atol=BFLOAT16_PROBABILITY_ATOL)
+    # Not the same export twice: the answers differ by bfloat16 rounding.
+    assert not np.array_equal(probabilities["bfloat16"], probabilities["float32"])
+
+
+def _invalid_images(images: dict[str, bytes]) -> dict[str, bytes]:
+    jpeg = images["jpeg_224"]
+    return {
+        "random_bytes": np.random.default_rng(0).bytes(3000),
+        "truncated_jpeg": jpeg[: len(jpeg) // 3],
+        "png_bomb": png_bomb(12_000),
+        "jpeg_claiming_60000": jpeg_claiming(jpeg, 60_000, 60_000),
+    }
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_serving_from_threads_answers_each_request_as_alone(shared_data, run, export_dir, bfloat16_export_dir,
+                                                            precision):
+    from concurrent.futures import ThreadPoolExecutor
+
+    serve = tf.saved_model.load(export_dir if precision == "float32" else bfloat16_export_dir).signatures[
+        export.SERVING_SIGNATURE]
+    images = _test_images(shared_data, run)
+    valid, invalid = list(images.values()), list(_invalid_images(images).values())
+    expected = [serve(image_bytes=tf.constant([encoded]))["classes"].numpy()[0].tolist() for encoded in valid]
+    for encoded in invalid:
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            serve(image_bytes=tf.constant([encoded]))
+    threads, per_thread = 4, 15
+    # Every third request is invalid; each thread starts at a different place in the mix.
+    plan = [[("invalid", (t + r) % len(invalid)) if (t + r) % 3 == 2 else ("valid", (t + r) % len(valid))
+             for r in range(per_thread)] for t in range(threads)]
+
+    def worker(requests):
+        answers = []
+        for kind, index in requests:
+            encoded = valid[index] if kind == "valid" else invalid[index]
+            try:
+                answers.append(serve(image_bytes=tf.constant([encoded]))["classes"].numpy()[0].tolist())
+            except tf.errors.InvalidArgumentError:
+                answers.append("InvalidArgumentError")
+        return answers
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(worker, requests) for requests in plan]
+        answers = [future.result(timeout=600) for future in futures]
+    for requests, got in zip(plan, answers, strict=True):
+        assert got == [expected[i] if kind == "valid" else "InvalidArgumentError" for kind, i in requests]
+    assert sum(kind == "invalid" for requests in plan for kind, _ in requests) == 20
+
+
+@pytest.mark.slow
+def test_bfloat16_export_serves_in_a_fresh_process(shared_data, run, bfloat16_export_dir, tmp_path):
+    import base64
+
+    images = _test_images(shared_data, run)
+    requests = [list(images.values()), [b"this is not an image"], [png_bomb(12_000)], [images["png_gray"]]]
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, bfloat16_export_dir, str(requests_file)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not output["imported_alexnet_tf"]
+    answers = output["answers"]
+    here = tf.saved_model.load(bfloat16_export_dir).signatures[export.SERVING_SIGNATURE](
+        image_bytes=tf.constant(requests[0]))
+    assert answers[0]["classes"] == here["classes"].numpy().tolist()
+    np.testing.assert_allclose(answers[0]["probabilities"], here["probabilities"].numpy(), atol=1e-3)
+    assert answers[0]["wnids"][0] == [run.wnids[c] for c in answers[0]["classes"][0]]
+    assert "Not a JPEG or PNG" in answers[1]["error"]
+    assert "Image refused" in answers[2]["error"]
+    assert answers[3]["classes"] == [answers[0]["classes"][4]]
+
+
+@pytest.mark.slow
+def test_command_lines_export_in_bfloat16(run, tmp_path):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(workdir / evaluation.MODEL_FILE)
+    export_dir = tmp_path / "export" / "1"
+    command = [sys.executable, str(root / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+               f"--export_dir={export_dir}", "--export_precision=bfloat16", "--ten_crop=false"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert export.load_config(str(export_dir)).export_precision == "bfloat16"
+    loaded = tf.saved_model.load(str(export_dir))
+    assert {v.dtype for v in loaded.variables if v.dtype.is_floating} == {tf.bfloat16}
+    wrong = subprocess.run([sys.executable, str(root / "train.py"), f"--workdir={tmp_path / 'never'}",
+                            "--export_precision=float16"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert wrong.returncode != 0 and "--export_precision='float16'" in wrong.stderr
+    assert not (tmp_path / "never").exists()
