@@ -209,6 +209,9 @@ def export_saved_model(
         f.write(config.to_json())
     with open(os.path.join(export_dir, LABELS_FILE), "w", encoding="utf-8") as f:
         f.writelines(f"{index}\t{wnid}\t{name}\n" for index, (wnid, name) in enumerate(zip(wnids, names)))
+    # The training set's statistics beside the graph that embeds them: evaluate.py --saved_model
+    # preprocesses its float views with these, as training did.
+    stats.save(export_dir)
     logging.info("Exported a %s SavedModel with signatures %s and %s to %s",
                  precision, SERVING_SIGNATURE, FLOAT_SIGNATURE, export_dir)
     return export_dir

@@ -863,6 +863,5 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
         export_dir = export.export_saved_model(trainer.model, os.path.join(workdir, EXPORT_DIR), config,
                                                stats, wnids, names)
-        stats.save(export_dir)  # for evaluate.py --saved_model, as the workdir's for --checkpoint
         results["saved_model"] = os.path.abspath(export_dir)
     return results
