@@ -75,8 +75,8 @@ MUTANTS: list[Mutant] = [
            (M + "test_pooling_is_overlapping_3x3_stride_2",),
            "non-overlapping 2x2/2 pooling instead of 3x3/2 (same shapes)"),
     Mutant("no_dropout_after_fc6", "alexnet_tf/model.py",
-           'x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)',
-           'x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x) if index == 7 else x',
+           'x = ReplicaDropout(dropout, name=f"dropout{index}")(x)',
+           'x = ReplicaDropout(dropout, name=f"dropout{index}")(x) if index == 7 else x',
            (M + "test_dropout_half_after_fc6_and_fc7_only",),
            "the dropout after fc6 removed"),
     Mutant("no_relu_in_fc", "alexnet_tf/model.py",
@@ -207,14 +207,12 @@ MUTANTS: list[Mutant] = [
            "max_lr_reductions: int = 4",
            ("tests/test_config.py::test_paper_preset_is_the_papers_recipe",),
            "the learning rate reduced four times instead of three"),
-    Mutant("mid_epoch_resume_skip_deleted", "alexnet_tf/training.py",
-           "    for _ in range(done):  # a mid-epoch checkpoint: skip the batches already trained on\n"
-           "        next(iterator)\n",
-           "",
-           ("tests/test_training.py::test_kill_9_and_resume_matches_an_uninterrupted_run",),
-           "a mid-epoch resume trains again on the batches already used",
-           note="survives until the mid-epoch kill -9 resume test (replicas branch) is merged; re-point "
-                "the snippet to the rewritten skip then"),
+    Mutant("mid_epoch_resume_skip_deleted", "alexnet_tf/data.py",
+           "        dataset = dataset.skip(skip_records)\n",
+           "        dataset = dataset\n",
+           ("tests/test_training.py::test_resuming_mid_epoch_skips_batches_without_decoding_them",
+            "tests/test_training.py::test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run"),
+           "a mid-epoch resume trains again on the batches already used"),
 ]
 
 
