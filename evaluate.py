@@ -14,7 +14,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from alexnet_tf import evaluation, export, training  # noqa: E402
-from alexnet_tf.converter import SYNSETS_FILE  # noqa: E402
+from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
 flags.DEFINE_string("saved_model", None, "A SavedModel written by export.export_saved_model.")
