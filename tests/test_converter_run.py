@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -174,8 +175,10 @@ def test_input_errors_are_found_before_any_work(shared_data, tmp_path):
     assert not out.exists() or not list(out.glob("*-of-*"))
 
 
-def _run_cli(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run_cli(*args: str, log_level: str | None = "3") -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     return subprocess.Popen(
         [sys.executable, str(CLI), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -213,12 +216,25 @@ def test_cli_kill_9_then_rerun_gives_identical_output(shared_data, tmp_path):
     assert summary["skipped_shards"] >= 1 and summary["converted_shards"] >= 1
 
 
-def test_cli_exit_status_counts_rejects(tmp_path):
+def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     train = h.odd_dataset(tmp_path)
     common = [f"--train_directory={train}", "--train_shards=2", "--num_workers=1"]
-    failing = _run_cli(*common, f"--output_directory={tmp_path / 'a'}", "--max_rejects=3", "--verify")
-    bad = _run_cli("--train_directory=/nonexistent", f"--output_directory={tmp_path / 'b'}")
+    # No TF_CPP_MIN_LOG_LEVEL: the CLI silences TensorFlow's C++ start-up lines itself ...
+    failing = _run_cli(*common, f"--output_directory={tmp_path / 'a'}", "--max_rejects=3", "--verify", log_level=None)
+    # ... unless the user chose a level: 0 shows them all.
+    bad = _run_cli("--train_directory=/nonexistent", f"--output_directory={tmp_path / 'b'}", log_level="0")
     assert failing.wait(timeout=120) == 1
-    assert b"4 files rejected" in failing.stderr.read()
-    assert bad.wait(timeout=120) == 2 and b"/nonexistent" in bad.stderr.read()
+    quiet = failing.stderr.read().decode()
+    assert "4 files rejected" in quiet
+    assert bad.wait(timeout=120) == 2
+    loud = bad.stderr.read().decode()
+    assert "/nonexistent" in loud
     assert json.loads((tmp_path / "a" / converter.SUMMARY_FILE).read_text())["rejected"] == 4
+    # TensorFlow's C++ INFO lines, but for cudart_stub's, which ignores the level (upstream bug).
+    cpp_info = re.compile(r"^I\d{4} [\d:. ]+\d+ (?!cudart_stub)\S+\.cc:\d+\]", re.MULTILINE)
+    assert not cpp_info.findall(quiet)
+    assert cpp_info.findall(loud)
+    # The first lines say what will be done; the last where everything went.
+    assert f"train: {len(h.ODD_FILES) + 3} images in {train} -> 2 shards" in quiet
+    outputs = "manifest.json, summary.json, synsets.txt, metadata.txt, statistics.json, rejects.txt"
+    assert f"Shards and {outputs} are in {tmp_path / 'a'}" in quiet
