@@ -7,7 +7,7 @@
 
 Re-running the same command resumes: shards whose manifest record verifies are kept. The exit
 status is 1 when more files were rejected than --max_rejects (see rejects.txt), 2 for bad flags or
-inputs, 3 when --verify finds a problem. See alexnet_tf/converter.py for the details.
+inputs, 3 when --verify finds a problem. See alexnet_tf/converter/ for the details.
 """
 
 from __future__ import annotations
