@@ -18,7 +18,6 @@ The file names shared with the readers are :mod:`alexnet_tf.records`'s, re-expor
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -132,5 +131,22 @@ def convert(
     Raises:
       ConversionError: naming the flag or file, for any problem with the inputs, before any work.
     """
-    arguments = ConvertArguments(**locals())
-    return run_conversion(dataclasses.replace(arguments, num_workers=num_workers or os.cpu_count() or 1))
+    arguments = ConvertArguments(
+        train_directory=train_directory,
+        validation_directory=validation_directory,
+        output_directory=output_directory,
+        validation_labels_file=validation_labels_file,
+        train_shards=train_shards,
+        validation_shards=validation_shards,
+        num_workers=num_workers or os.cpu_count() or 1,
+        resize=resize,
+        labels_file=labels_file,
+        metadata_file=metadata_file,
+        max_rejects=max_rejects,
+        label_offset=label_offset,
+        seed=seed,
+        jpeg_quality=jpeg_quality,
+        num_tasks=num_tasks,
+        task_index=task_index,
+    )
+    return run_conversion(arguments)
