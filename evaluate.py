@@ -14,8 +14,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_tf import evaluation, export, statistics, training  # noqa: E402
-from alexnet_tf.converter import SYNSETS_FILE  # noqa: E402
+from alexnet_tf import evaluation, export, imagenet, statistics, training  # noqa: E402
+from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
 flags.DEFINE_string("saved_model", None, "A SavedModel written by export.export_saved_model.")
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
     # The model's training-set statistics, else (older runs) the data directory's.
     stats = evaluation.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     if FLAGS.export_dir:
-        wnids, export_names = labels or ([f"class_{i}" for i in range(config.num_classes)],) * 2
+        wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),
                                   wnids, export_names, precision=FLAGS.export_precision)
     report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import export, training  # noqa: E402
+from alexnet_tf import export, imagenette, synthetic_data, training  # noqa: E402
+from alexnet_tf.converter import ConversionError  # noqa: E402
 
 DATASET_PRESETS = {"shapes": "shapes", "imagenette": "imagenette", "records": "paper", "synthetic": "paper"}
 
@@ -54,12 +55,16 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
     workdir = FLAGS.workdir or os.path.join("runs", preset)
     data_root = os.path.join(workdir, "data")
-    if dataset == "shapes":
-        config = config.replace(data_dir=training.prepare_shapes(data_root, seed=config.seed))
-    elif dataset == "imagenette":
-        data_dir = training.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir)
-        config = config.replace(data_dir=data_dir)
-    elif dataset == "records" and not config.data_dir:
+    try:
+        if dataset == "shapes":
+            config = config.replace(data_dir=synthetic_data.prepare_shapes(data_root, seed=config.seed))
+        elif dataset == "imagenette":
+            data_dir = imagenette.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir)
+            config = config.replace(data_dir=data_dir)
+    except ConversionError as e:
+        logging.error("%s", e)
+        return 2
+    if dataset == "records" and not config.data_dir:
         raise app.UsageError("--dataset=records needs --data_dir, the converter's output")
     try:
         summary = training.train(config, workdir, strategy=training.make_strategy(FLAGS.num_gpus),

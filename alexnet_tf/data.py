@@ -14,7 +14,7 @@ from absl import logging
 
 from alexnet_tf import imagenet, preprocess, records, statistics
 from alexnet_tf.config import Config
-from alexnet_tf.converter import SYNSETS_FILE
+from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
 
 SPLIT_PREFIXES = {"train": records.TRAIN_PREFIX, "validation": records.VALIDATION_PREFIX}

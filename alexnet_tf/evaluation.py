@@ -25,7 +25,8 @@ from absl import logging
 from alexnet_tf import data, imagenet
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
-from alexnet_tf.statistics import STATISTICS_FILE, DatasetStatistics, load_statistics
+from alexnet_tf.records import METADATA_FILE, STATISTICS_FILE
+from alexnet_tf.statistics import DatasetStatistics, load_statistics
 
 TOP_K = 5
 NUM_CROPS = 10
@@ -37,7 +38,6 @@ VALIDATION_SPLIT = "validation"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
-METADATA_FILE = "metadata.txt"  # optional, beside a synsets file: wnid<TAB>name
 # Section 6 of the paper: one CNN, 10-crop test.
 PAPER_RESULTS = {
     "ILSVRC-2012 validation, one CNN": {"top1_error": 0.407, "top5_error": 0.182},
@@ -147,9 +147,9 @@ def metrics(
       top_k: [N, k] predicted classes, best first (k >= 1; top-5 error uses the first 5).
       labels: [N] true classes.
       num_classes: the number of classes.
-      class_names: names for the report; ``class i`` when None.
+      class_names: names for the report; ``class_i`` when None.
     """
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
+    names = list(class_names) if class_names is not None else imagenet.fallback_class_names(num_classes)
     correct_top1 = top_k[:, 0] == labels
     correct_top5 = np.any(top_k[:, :TOP_K] == labels[:, None], axis=1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -254,7 +254,7 @@ def evaluate(
       strategy: the training run's distribution strategy; the default strategy when None.
       ten_crop: also run the paper's 10-crop test.
       class_names: class index -> name, for the per-class table; when None, ImageNet's names
-        for a 1000-class model and ``class i`` otherwise.
+        for a 1000-class model and ``class_i`` otherwise.
       progress: show a progress bar.
       stats: the statistics of the training set the model was trained on (``model_statistics``);
         when None, those beside the shards in ``data_dir`` (the fallback for models that carry

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from alexnet_tf import data, preprocess
+from alexnet_tf import data, imagenet, preprocess
 from alexnet_tf.config import Config
 from alexnet_tf.statistics import load_statistics
 
@@ -205,7 +205,7 @@ def make_figures(
       config: the run's configuration.
       data_dir: holds ``validation-*`` and ``train-*`` shards.
       output_dir: where the PNGs go.
-      class_names: class index -> name; ``class i`` when None.
+      class_names: class index -> name; ``class_i`` when None.
       num_examples: validation images in Figure 4 (left).
       num_queries: validation images in Figure 4 (right).
       num_neighbours: training images shown per query.
@@ -214,7 +214,7 @@ def make_figures(
     Returns:
       ``{"figure3": path, "figure4_predictions": path, "figure4_neighbours": path}``.
     """
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(config.num_classes)]
+    names = list(class_names) if class_names is not None else imagenet.fallback_class_names(config.num_classes)
     stats = load_statistics(data_dir)
     paths = {"figure3": plot_conv1_kernels(model, os.path.join(output_dir, FIGURE3_FILE), config.towers)}
 

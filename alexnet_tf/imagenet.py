@@ -55,6 +55,14 @@ def _class_names_cached(synsets_file: str, metadata_file: str) -> tuple[str, ...
     return tuple(metadata.get(wnid, wnid) for wnid in load_synsets(synsets_file))
 
 
+def fallback_class_names(num_classes: int) -> list[str]:
+    """``class_0``, ``class_1``, ...: the names (and ids) of classes nothing else names.
+
+    One token without spaces, so it also serves as the export's wnid column.
+    """
+    return [f"class_{i}" for i in range(num_classes)]
+
+
 def class_names(synsets_file: str | None = None, metadata_file: str | None = None) -> list[str]:
     """Human-readable names in label order (the wnid itself where the metadata has none)."""
     return list(

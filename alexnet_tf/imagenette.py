@@ -1,8 +1,11 @@
 """Imagenette (10 easy ImageNet classes, fast.ai): download, verify, extract, convert.
 
 For people without ImageNet. The archive is fetched with Keras's download helper, its sha256 is
-checked, and its ``imagenette2-<size>/{train,val}/<wnid>/*.JPEG`` folders are converted by the
-same code as ImageNet (:func:`alexnet_tf.converter.convert`), with the 10 wnids as the classes.
+checked, and its ``imagenette2-<size>/{train,val}/<wnid>/*.JPEG`` folders (or a copy already on
+disk) are converted by the same code as ImageNet (:func:`alexnet_tf.converter.convert`), with
+the 10 wnids as the classes. :func:`convert_imagenette` is the one way in, for the converter's
+command line and for ``train.py --dataset=imagenette`` (:func:`prepare_imagenette`) alike, so
+both give the same shard layout.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ IMAGENETTE_SHA256 = {
 }
 IMAGENETTE_BYTES = {160: 99_003_388, 320: 341_663_724}
 SYNSETS_FILE = "imagenette_synsets.txt"
-TRAIN_SHARDS, VALIDATION_SHARDS = 32, 8  # default shard counts for its 9,469 + 3,925 images
+# 9,469 + 3,925 images: about 300 and 500 per shard, a few MB each at 160 pixels. Enough files
+# for the pipeline to interleave and shuffle across, and to deal whole files to 8 input
+# pipelines, without shards so small that opening them costs more than reading them.
+TRAIN_SHARDS, VALIDATION_SHARDS = 32, 8
 _EXTRACTED_MARKER = ".extracted"
-
 
 
 def download_imagenette(
@@ -112,32 +117,78 @@ def convert_imagenette(
     url: str | None = None,
     sha256: str | None = None,
     labels_file: str | None = None,
+    source_directory: str | None = None,
+    train_shards: int = TRAIN_SHARDS,
+    validation_shards: int = VALIDATION_SHARDS,
     **convert_options: Any,
 ) -> dict[str, Any]:
-    """Downloads Imagenette and converts it to shards in ``output_directory``.
+    """Downloads Imagenette (unless ``source_directory`` holds it) and converts it to shards.
 
     The classes are the wnids of ``train/`` in sorted order (labels 0-9), written to
-    ``imagenette_synsets.txt`` beside the extracted images, unless ``labels_file`` is given
-    (e.g. the 1000 ImageNet wnids, to keep ImageNet's label numbers).
+    ``imagenette_synsets.txt`` in ``output_directory``, unless ``labels_file`` is given (e.g.
+    the 1000 ImageNet wnids, to keep ImageNet's label numbers).
 
     Args:
       output_directory: where the shards go.
       download_directory: where the archive is kept; default ``output_directory``.
       size, url, sha256: as for :func:`download_imagenette`.
       labels_file: class wnids in label order.
-      **convert_options: passed to :func:`alexnet_tf.converter.convert` (shards, workers, resize...).
+      source_directory: Imagenette's ``train/`` and ``val/`` folders already on disk; then
+        nothing is downloaded.
+      train_shards, validation_shards: shard counts.
+      **convert_options: passed to :func:`alexnet_tf.converter.convert` (workers, resize...).
 
     Returns:
       The converter's summary.
+
+    Raises:
+      ConversionError: as :func:`download_imagenette`, or ``source_directory`` has no ``train/``.
     """
-    root = download_imagenette(download_directory or output_directory, size, url, sha256)
-    train, val = os.path.join(root, "train"), os.path.join(root, "val")
+    if source_directory is None:
+        source_directory = download_imagenette(download_directory or output_directory, size, url, sha256)
+    train, val = os.path.join(source_directory, "train"), os.path.join(source_directory, "val")
+    if not os.path.isdir(train):
+        raise converter.ConversionError(
+            f"--imagenette_dir={source_directory}: no train/ folder of <wnid>/ image folders"
+        )
     if labels_file is None:
-        labels_file = write_synsets(train, os.path.join(root, SYNSETS_FILE))
+        os.makedirs(output_directory, exist_ok=True)
+        labels_file = write_synsets(train, os.path.join(output_directory, SYNSETS_FILE))
     return converter.convert(
         train_directory=train,
         validation_directory=val,
         output_directory=output_directory,
         labels_file=labels_file,
+        train_shards=train_shards,
+        validation_shards=validation_shards,
         **convert_options,
     )
+
+
+def prepare_imagenette(
+    root: str, image_size: int, source_dir: str | None = None, num_workers: int | None = None
+) -> str:
+    """Imagenette as records, its shorter sides already at ``image_size``, converted once.
+
+    Args:
+      root: receives ``records_<image_size>/`` (and the download, when there is no source).
+      image_size: the preset's ``image_size``; the converter resizes to it so the pipeline
+        decodes only the crop it needs.
+      source_dir: JPEG folders ``train/<wnid>/`` and ``val/<wnid>/``; None downloads Imagenette.
+      num_workers: converter processes.
+
+    Returns:
+      The records directory (``--data_dir`` for a later run).
+    """
+    records_dir = os.path.join(root, f"records_{image_size}")
+    if converter.is_converted(records_dir):
+        logging.info("Using Imagenette already converted in %s", records_dir)
+        return records_dir
+    convert_imagenette(
+        records_dir,
+        download_directory=os.path.join(root, "download"),
+        source_directory=source_dir,
+        resize=image_size,
+        num_workers=num_workers,
+    )
+    return records_dir

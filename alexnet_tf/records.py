@@ -1,4 +1,7 @@
-"""The TFRecord schema, defined once for the converter and the input pipeline.
+"""The TFRecord schema and the data directory's file names, defined once for both sides.
+
+The converter writes with these names and keys; the input pipeline, the statistics, the
+evaluation and the trainer read with them, so the two sides cannot drift.
 
 The keys are those of the classic TensorFlow models ImageNet converter, so readers written for
 its shards read ours too. Labels are 0-based here; the classic converter wrote 1-based labels,
@@ -28,6 +31,15 @@ BBOX_KEYS = (
 
 TRAIN_PREFIX = "train"
 VALIDATION_PREFIX = "validation"
+
+# The files the converter writes beside the shards.
+MANIFEST_FILE = "manifest.json"  # every shard: name, record count, bytes, sha256
+SUMMARY_FILE = "summary.json"  # what the conversion found, wrote and rejected
+REJECTS_FILE = "rejects.txt"  # split<TAB>path<TAB>reason for every file left out
+SYNSETS_FILE = "synsets.txt"  # class wnids in label order, one per line
+METADATA_FILE = "metadata.txt"  # wnid<TAB>human-readable name, in label order
+STATISTICS_FILE = "statistics.json"  # the training set's mean and RGB PCA
+MEAN_IMAGE_FILE = "mean_image.npy"  # the training set's mean image
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:

@@ -14,8 +14,7 @@ import os
 import numpy as np
 from absl import logging
 
-STATISTICS_FILE = "statistics.json"
-MEAN_IMAGE_FILE = "mean_image.npy"
+from alexnet_tf.records import MEAN_IMAGE_FILE, STATISTICS_FILE
 
 # Published ImageNet values (fb.resnet.torch, computed on [0, 1] pixels; scaled here to 0-255).
 # Eigenvectors are the COLUMNS of the matrix, rows are R, G, B.

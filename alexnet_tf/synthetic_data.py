@@ -10,7 +10,8 @@ network learns them within minutes on a CPU.
 The files are real JPEGs in the layouts the converter reads:
 ``train/<wnid>/<wnid>_<n>.JPEG`` and ``val/<wnid>/<wnid>_val_<n>.JPEG``, with a synsets file
 (one made-up wnid per line, in label order) and a metadata file (``wnid<TAB>name``) beside them.
-The wnids (``n99000000`` ...) are not ImageNet's.
+The wnids (``n99000000`` ...) are not ImageNet's. :func:`prepare_shapes` draws the set and
+converts it with :func:`alexnet_tf.converter.convert`, once.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw
 
+from alexnet_tf import converter
+from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
+
 # Wider than tall, so the pipeline's central square crop has something to do.
 IMAGE_HEIGHT = 96
 IMAGE_WIDTH = 112
 JPEG_QUALITY = 90
 HUE_JITTER = 0.03  # class hues are 0.1 apart
 WNID_BASE = 99_000_000
-SYNSETS_FILE = "synsets.txt"
-METADATA_FILE = "metadata.txt"
 TRAIN_DIR = "train"
 VAL_DIR = "val"
+TRAIN_SHARDS, VALIDATION_SHARDS = 8, 2  # 3,000 + 500 images by default: shards of ~375 and 250
 
 # Index = label; figures that a horizontal flip maps onto another class are avoided.
 CLASS_NAMES = (
@@ -179,3 +182,33 @@ def write_dataset(
     logging.info("Drew %d synthetic JPEGs (%d classes) in %s", total, num_classes, output_dir)
     return paths
 
+
+def prepare_shapes(
+    root: str, seed: int = 0, num_workers: int | None = None, train_per_class: int = 300, val_per_class: int = 50
+) -> str:
+    """The built-in data set: draws it and converts it, once.
+
+    Args:
+      root: receives ``jpeg/`` (the drawn ImageNet-style folders) and ``records/`` (shards).
+      seed: of the drawing.
+      num_workers: converter processes.
+      train_per_class, val_per_class: images per class.
+
+    Returns:
+      The records directory (``--data_dir`` for a later run).
+    """
+    records_dir = os.path.join(root, "records")
+    if converter.is_converted(records_dir):
+        logging.info("Using the built-in data set already converted in %s", records_dir)
+        return records_dir
+    paths = write_dataset(
+        os.path.join(root, "jpeg"), train_per_class=train_per_class, val_per_class=val_per_class, seed=seed
+    )
+    converter.convert(
+        output_directory=records_dir,
+        train_shards=TRAIN_SHARDS,
+        validation_shards=VALIDATION_SHARDS,
+        num_workers=num_workers,
+        **paths,
+    )
+    return records_dir

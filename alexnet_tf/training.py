@@ -44,12 +44,12 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import converter, data, evaluation, export, imagenet, imagenette, statistics, synthetic_data
+from alexnet_tf import data, evaluation, export, imagenet, statistics
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
-from alexnet_tf.converter import MANIFEST_FILE, SYNSETS_FILE
-from alexnet_tf.evaluation import CHECKPOINT_DIR, CONFIG_FILE, METADATA_FILE, MODEL_FILE, TOP_K
+from alexnet_tf.evaluation import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, TOP_K
 from alexnet_tf.optimizer import PaperSGD
+from alexnet_tf.records import MANIFEST_FILE, SYNSETS_FILE
 
 LOG_DIR = "logs"
 EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
@@ -58,8 +58,6 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINTS_TO_KEEP = 3
 LR_DIVISOR = 10.0  # section 5: "divide the learning rate by 10"
 SYNTHETIC_STEPS_PER_EPOCH = 50
-TRAIN_SHARDS = 8  # for the small data sets prepared here
-VALIDATION_SHARDS = 2
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Config fields that change the model's variables: a resumed run must keep them.
 MODEL_FIELDS = ("num_classes", "input_size", "width", "towers")
@@ -304,76 +302,6 @@ def synthetic_inputs(config: Config) -> Inputs:
         return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
     return Inputs(train, None, config.steps_per_epoch or SYNTHETIC_STEPS_PER_EPOCH)
-
-
-def _records_ready(records_dir: str) -> bool:
-    return all(os.path.exists(os.path.join(records_dir, name)) for name in (MANIFEST_FILE, METADATA_FILE))
-
-
-def _convert_folders(
-    paths: dict[str, str], records_dir: str, resize: int | None, num_workers: int | None
-) -> str:
-    converter.convert(
-        train_directory=paths["train_directory"], validation_directory=paths["validation_directory"],
-        output_directory=records_dir, train_shards=TRAIN_SHARDS, validation_shards=VALIDATION_SHARDS,
-        num_workers=num_workers, resize=resize, labels_file=paths["labels_file"],
-        metadata_file=paths.get("metadata_file"),
-    )
-    metadata = imagenet.load_metadata(paths.get("metadata_file"))
-    wnids = imagenet.load_synsets(paths["labels_file"])
-    with open(os.path.join(records_dir, METADATA_FILE), "w", encoding="utf-8") as f:
-        f.write("".join(f"{w}\t{metadata.get(w, w)}\n" for w in wnids))
-    return records_dir
-
-
-def prepare_shapes(
-    root: str, seed: int = 0, num_workers: int | None = None, train_per_class: int = 300, val_per_class: int = 50
-) -> str:
-    """The built-in data set: draws it (``synthetic_data``) and converts it, once.
-
-    Args:
-      root: receives ``jpeg/`` (the drawn ImageNet-style folders) and ``records/`` (shards).
-      seed: of the drawing.
-      num_workers: converter processes.
-      train_per_class, val_per_class: images per class.
-
-    Returns:
-      The records directory (``--data_dir`` for a later run).
-    """
-    records_dir = os.path.join(root, "records")
-    if _records_ready(records_dir):
-        logging.info("Using the built-in data set already converted in %s", records_dir)
-        return records_dir
-    paths = synthetic_data.write_dataset(os.path.join(root, "jpeg"), train_per_class=train_per_class,
-                                         val_per_class=val_per_class, seed=seed)
-    return _convert_folders(paths, records_dir, None, num_workers)
-
-
-def prepare_imagenette(root: str, image_size: int, source_dir: str | None = None,
-                       num_workers: int | None = None) -> str:
-    """Imagenette as records, its shorter sides already at ``image_size``, converted once.
-
-    Args:
-      root: receives ``records_<image_size>/`` (and the download, when there is no source).
-      image_size: the preset's ``image_size``; the converter resizes to it so the pipeline
-        decodes only the crop it needs.
-      source_dir: JPEG folders ``train/<wnid>/`` and ``val/<wnid>/``; None downloads Imagenette.
-      num_workers: converter processes.
-    """
-    records_dir = os.path.join(root, f"records_{image_size}")
-    if _records_ready(records_dir):
-        logging.info("Using Imagenette already converted in %s", records_dir)
-        return records_dir
-    if source_dir is None:
-        source_dir = imagenette.download_imagenette(os.path.join(root, "download"))
-    train_dir = os.path.join(source_dir, "train")
-    if not os.path.isdir(train_dir):
-        raise FileNotFoundError(f"--imagenette_dir={source_dir}: no train/ folder of <wnid>/ image folders")
-    os.makedirs(root, exist_ok=True)
-    labels_file = imagenette.write_synsets(train_dir, os.path.join(root, SYNSETS_FILE))
-    paths = {"train_directory": train_dir, "validation_directory": os.path.join(source_dir, "val"),
-             "labels_file": labels_file}
-    return _convert_folders(paths, records_dir, image_size, num_workers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,7 +581,7 @@ def _class_labels(config: Config, data_dir: str) -> tuple[list[str], list[str]]:
             logging.warning("%s; ignoring it", e)
     if config.num_classes == 1000:
         return evaluation.class_labels(1000)
-    labels = [f"class_{i}" for i in range(config.num_classes)]
+    labels = imagenet.fallback_class_names(config.num_classes)
     return labels, labels
 
 

@@ -7,7 +7,7 @@
 
 Re-running the same command resumes: shards whose manifest record verifies are kept. The exit
 status is 1 when more files were rejected than --max_rejects (see rejects.txt), 2 for bad flags or
-inputs, 3 when --verify finds a problem. See alexnet_tf/converter.py for the details.
+inputs, 3 when --verify finds a problem. See alexnet_tf/converter/ for the details.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# TensorFlow's C++ start-up lines (CPU features, oneDNN) say nothing about the conversion; set
+# before TensorFlow is imported, and only when the user has not chosen a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -64,11 +67,11 @@ def _convert() -> dict | None:
         task_index=FLAGS.task_index,
     )
     if FLAGS.dataset == "imagenette":
-        # ~9,500 + 3,900 images: the ImageNet defaults would give shards of a few images.
-        if not FLAGS["train_shards"].present:
-            options["train_shards"] = imagenette.TRAIN_SHARDS
-        if not FLAGS["validation_shards"].present:
-            options["validation_shards"] = imagenette.VALIDATION_SHARDS
+        # ~9,500 + 3,900 images: the ImageNet defaults would give shards of a few images, so
+        # unless asked otherwise, Imagenette's own layout (the one train.py uses too).
+        for flag in ("train_shards", "validation_shards"):
+            if not FLAGS[flag].present:
+                del options[flag]
         return imagenette.convert_imagenette(
             download_directory=FLAGS.download_directory,
             size=int(FLAGS.imagenette_size),
@@ -77,7 +80,9 @@ def _convert() -> dict | None:
             **options,
         )
     if FLAGS.merge:
-        return converter.merge_manifests(FLAGS.output_directory)
+        summary = converter.merge_manifests(FLAGS.output_directory)
+        logging.info("Merged every task's shards (%d records) into %s", summary["written"], FLAGS.output_directory)
+        return summary
     if not (FLAGS.train_directory or FLAGS.validation_directory):
         return None
     return converter.convert(

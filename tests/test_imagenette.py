@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import os
+import pathlib
 import tarfile
 import threading
 
@@ -79,3 +81,27 @@ def test_wrong_checksum_fails_clearly_and_keeps_nothing(served_archive, tmp_path
         imagenette.convert_imagenette(str(tmp_path / "out"), download_directory=str(download), url=url, sha256="0" * 64)
     assert not os.path.exists(download / "imagenette2-160.tgz")
     assert not os.path.exists(download / "imagenette2-160")
+
+
+def test_train_py_path_gives_the_command_lines_shard_layout(shared_data, tmp_path):
+    """prepare_imagenette (train.py) converts through convert_imagenette: one layout, class names."""
+    source = tmp_path / "imagenette"
+    for split, count in (("train", 4), ("val", 1)):
+        for wnid_dir in sorted((shared_data / "imagenette" / split).iterdir()):
+            (source / split / wnid_dir.name).mkdir(parents=True)
+            for image in sorted(wnid_dir.iterdir())[:count]:
+                (source / split / wnid_dir.name / image.name).symlink_to(image)
+    records_dir = imagenette.prepare_imagenette(str(tmp_path / "data"), 64, str(source), num_workers=1)
+    manifest = json.loads((pathlib.Path(records_dir) / converter.MANIFEST_FILE).read_text())
+    assert manifest["splits"]["train"]["num_shards"] == imagenette.TRAIN_SHARDS == 32
+    assert manifest["splits"]["validation"]["num_shards"] == imagenette.VALIDATION_SHARDS == 8
+    assert manifest["options"]["resize"] == 64
+    names = (pathlib.Path(records_dir) / converter.METADATA_FILE).read_text().splitlines()
+    assert names[0] == "n01440764\ttench, Tinca tinca" and len(names) == 10
+    assert sorted(p.name for p in source.iterdir()) == ["train", "val"]  # nothing written into the source
+    # Converted once: a second call finds the records and converts nothing.
+    before = {p.name: p.stat().st_mtime_ns for p in pathlib.Path(records_dir).iterdir()}
+    assert imagenette.prepare_imagenette(str(tmp_path / "data"), 64, str(source)) == records_dir
+    assert {p.name: p.stat().st_mtime_ns for p in pathlib.Path(records_dir).iterdir()} == before
+    with pytest.raises(converter.ConversionError, match="--imagenette_dir=.*no train/"):
+        imagenette.prepare_imagenette(str(tmp_path / "other"), 64, str(tmp_path / "nothing"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import colorsys
+import json
 import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf import imagenet, synthetic_data
+from alexnet_tf import imagenet, records, synthetic_data
 
 # Figures that always cover the image's centre (their centre moves at most 0.1 of the side, less
 # than their smallest half-width).
@@ -85,3 +86,19 @@ def test_classes_differ_in_shape_not_just_colour():
 def test_bad_class_count_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_classes"):
         synthetic_data.write_dataset(str(tmp_path), num_classes=11)
+
+
+def test_prepare_shapes_draws_and_converts_once(tmp_path):
+    records_dir = pathlib.Path(
+        synthetic_data.prepare_shapes(str(tmp_path), train_per_class=1, val_per_class=1, num_workers=1)
+    )
+    manifest = json.loads((records_dir / records.MANIFEST_FILE).read_text())
+    assert manifest["splits"]["train"]["num_shards"] == synthetic_data.TRAIN_SHARDS
+    assert manifest["splits"]["validation"]["num_shards"] == synthetic_data.VALIDATION_SHARDS
+    assert manifest["splits"]["train"]["num_records"] == len(synthetic_data.CLASS_NAMES)
+    # The converter writes the class names beside the shards, for the report and the export.
+    names = (records_dir / records.METADATA_FILE).read_text().splitlines()
+    assert [line.split("\t")[1] for line in names] == list(synthetic_data.CLASS_NAMES)
+    before = {p.name: p.stat().st_mtime_ns for p in records_dir.iterdir()}
+    assert synthetic_data.prepare_shapes(str(tmp_path)) == str(records_dir)
+    assert {p.name: p.stat().st_mtime_ns for p in records_dir.iterdir()} == before

@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import training  # noqa: E402
+from alexnet_tf import records, synthetic_data, training  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
 NUM_IMAGES = 64
@@ -237,7 +237,9 @@ def test_deterministic_xla_is_refused(tmp_path):
 
 def test_built_in_data_end_to_end(tmp_path):
     """Drawn JPEGs -> converter -> pipeline -> training -> centre/10-crop evaluation -> export."""
-    data_dir = training.prepare_shapes(str(tmp_path / "data"), train_per_class=8, val_per_class=2, num_workers=1)
+    data_dir = synthetic_data.prepare_shapes(
+        str(tmp_path / "data"), train_per_class=8, val_per_class=2, num_workers=1
+    )
     assert training.count_records(data_dir, "train") == 80
     config = get_config("shapes", data_dir=data_dir, epochs=1, batch_size=16, shuffle_buffer=80)
     summary = training.train(config, str(tmp_path / "run"), verbose=False)
@@ -248,7 +250,7 @@ def test_built_in_data_end_to_end(tmp_path):
     assert summary["val_top1_error"] == report["center_crop"]["top1_error"]
     assert summary["val_ten_crop_top1_error"] == report["ten_crop"]["top1_error"]
     # Class names come from the drawn data set's metadata, through the export.
-    assert (pathlib.Path(data_dir) / training.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
+    assert (pathlib.Path(data_dir) / records.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
 
 
 def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkeypatch):

@@ -1,0 +1,74 @@
+"""converter/manifest.py: the shards' records merged into the run's files, across tasks."""
+
+from __future__ import annotations
+
+import converter_helpers as h
+import numpy as np
+import pytest
+
+from alexnet_tf import converter, evaluation, statistics
+
+
+def test_job_array_tasks_write_disjoint_shards_and_merge(tmp_path):
+    train = h.odd_dataset(tmp_path)
+    options = dict(train_directory=str(train), train_shards=3, num_workers=1, max_rejects=10)
+    converter.convert(output_directory=str(tmp_path / "single"), **options)
+    out = tmp_path / "tasks"
+    first = converter.convert(output_directory=str(out), num_tasks=2, task_index=0, **options)
+    assert not first["complete"] and first["converted_shards"] == 2
+    with pytest.raises(converter.ConversionError, match="train-00001-of-00003 \\(task 1\\)"):
+        converter.merge_manifests(str(out))
+    second = converter.convert(output_directory=str(out), num_tasks=2, task_index=1, **options)
+    assert second["complete"] and second["converted_shards"] == 1
+    assert h.shards(out) == h.shards(tmp_path / "single")
+    assert converter.merge_manifests(str(out))["written"] == second["written"]
+
+
+def test_statistics_known_answer_and_order_independence(tmp_path):
+    colours = [(10, 20, 30), (50, 60, 70)]
+    accumulators = []
+    for order in (colours, colours[::-1]):
+        acc = statistics.StatisticsAccumulator(8)
+        for colour in order:
+            acc.add(np.broadcast_to(np.array(colour, np.uint8), (8, 8, 3)).copy())
+        accumulators.append(acc)
+    stats = accumulators[0].result()
+    np.testing.assert_allclose(stats.mean_rgb, [30, 40, 50])
+    np.testing.assert_allclose(stats.std_rgb, [20, 20, 20])
+    # Covariance is 400 everywhere: one eigenvalue 1200 along (1,1,1)/sqrt(3), stored /255.
+    np.testing.assert_allclose(stats.eigenvalues, [1200 / 255, 0, 0], atol=1e-4)
+    np.testing.assert_allclose(np.abs(stats.eigenvectors[:, 0]), [3**-0.5] * 3, atol=1e-6)
+    np.testing.assert_allclose(stats.mean_image, np.broadcast_to([30, 40, 50], (8, 8, 3)))
+    merged = statistics.StatisticsAccumulator(8)
+    merged.merge(accumulators[1])
+    merged.save(str(tmp_path / "s.npz"))
+    loaded = statistics.StatisticsAccumulator.load(str(tmp_path / "s.npz"))
+    assert loaded.num_images == 2
+    np.testing.assert_array_equal(loaded.sum_image, accumulators[0].sum_image)
+    np.testing.assert_array_equal(loaded.sum_outer, accumulators[0].sum_outer)
+
+
+def test_the_class_files_the_readers_need_are_written_here(tmp_path):
+    wnids = ["n01440764", "n99000001"]
+    (tmp_path / "labels.txt").write_text("".join(w + "\n" for w in wnids))
+    (tmp_path / "meta.txt").write_text("n01440764\ttench\n")  # the second class has no name
+    for wnid in wnids:
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "train" / wnid / "a.JPEG").write_bytes(h.jpeg(h.gradient()))
+    out = tmp_path / "out"
+    assert not converter.is_converted(str(out))
+    converter.convert(
+        train_directory=str(tmp_path / "train"),
+        output_directory=str(out),
+        train_shards=1,
+        num_workers=1,
+        labels_file=str(tmp_path / "labels.txt"),
+        metadata_file=str(tmp_path / "meta.txt"),
+    )
+    assert converter.is_converted(str(out))
+    assert (out / converter.SYNSETS_FILE).read_text() == "n01440764\nn99000001\n"
+    assert (out / converter.METADATA_FILE).read_text() == "n01440764\ttench\nn99000001\tn99000001\n"
+    # The readers find the names through the same file names.
+    assert evaluation.class_labels(2, str(out / converter.SYNSETS_FILE)) == (wnids, ["tench", "n99000001"])
+    (out / converter.METADATA_FILE).unlink()
+    assert not converter.is_converted(str(out))
