@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import export, imagenette, synthetic_data, training  # noqa: E402
+from alexnet_tf import distribute, export, imagenette, synthetic_data, training  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
 
 DATASET_PRESETS = {"shapes": "shapes", "imagenette": "imagenette", "records": "paper", "synthetic": "paper"}
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     if dataset == "records" and not config.data_dir:
         raise app.UsageError("--dataset=records needs --data_dir, the converter's output")
     try:
-        summary = training.train(config, workdir, strategy=training.make_strategy(FLAGS.num_gpus),
+        summary = training.train(config, workdir, strategy=distribute.make_strategy(FLAGS.num_gpus),
                                  synthetic=dataset == "synthetic")
     except training.NonFiniteLossError as e:
         logging.error("%s", e)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from alexnet_tf import training
+from alexnet_tf import optimizer, training
 from alexnet_tf.config import Config, get_config
 
 # Each value with the place in the paper (or README) it comes from.
@@ -55,7 +55,7 @@ def test_paper_preset_reaches_the_optimizer_and_the_schedule():
 
 def test_paper_plateau_rule_divides_by_ten_three_times():
     config = get_config("paper")
-    schedule = training.LearningRateSchedule(config)
+    schedule = optimizer.LearningRateSchedule(config)
     rates = []
     for epoch in range(60):
         rates.append(schedule.rate_for_epoch(epoch))
@@ -71,5 +71,5 @@ def test_paper_plateau_rule_divides_by_ten_three_times():
 def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
-                    "steps_per_epoch", "checkpoint_every_steps"}
+                    "steps_per_epoch", "checkpoint_every_steps", "export_precision"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
