@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from alexnet_tf import console  # noqa: E402
+
+console.quiet_tensorflow()  # before anything imports TensorFlow
+
+from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import distribute, evaluation, export, imagenet, statistics, workdir  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
@@ -74,7 +78,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.figures:
         from alexnet_tf import figures
 
-        figures.make_figures(model, config, data_dir, os.path.join(FLAGS.report_dir, "figures"),
+        figures.make_figures(model, config, data_dir, os.path.join(FLAGS.report_dir, figures.FIGURES_DIR),
                              class_names=names, max_train_images=FLAGS.figure_train_images)
 
 

@@ -314,10 +314,10 @@ def _log_plan(config: Config, workdir: str, inputs: Inputs, trainer: Trainer, fi
     logging.info("Training on %s", inputs.description or inputs.data_dir)
     logging.info("Model: %d classes, input %d, width %g, %s; on %s", config.num_classes, config.input_size,
                  config.width, config.precision, distribute.describe(trainer.strategy))
-    logging.info("%d epochs x %d steps of %d images, learning rate %g (%s schedule)", config.epochs,
+    logging.info("%d epoch(s) x %d steps of %d images, learning rate %g (%s schedule)", config.epochs,
                  inputs.steps_per_epoch, config.batch_size, config.learning_rate, config.lr_schedule)
-    ends = "then evaluation and export" if finish and inputs.data_dir else "no evaluation or export"
-    logging.info("Results (%s) go to %s", ends, workdir_lib.describe_layout(workdir))
+    ends = "centre-crop and 10-crop evaluation and export" if finish and inputs.data_dir else "no evaluation"
+    logging.info("Then %s; results go to %s", ends, workdir_lib.describe_layout(workdir))
 
 
 def _end_epoch(trainer: Trainer, inputs: Inputs, epoch: int, checkpoints: workdir_lib.Checkpoints,
