@@ -256,3 +256,28 @@ def test_load_model_refuses_a_checkpoint_without_the_models_weights(tmp_path):
     np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-6)
     with pytest.raises(ValueError, match="does not hold the weights"):
         workdir_lib.load_model(str(tmp_path / "wrong"))
+
+
+def test_progress_bar_knows_its_total_when_the_dataset_does_not(capsys):
+    """Records read from shards have an unknown cardinality; evaluate passes the manifest's count."""
+    images = np.zeros((5, 4, 4, 3), np.float32)
+    labels = np.arange(5, dtype=np.int32) % 3
+
+    def batches():
+        for start in range(0, 5, 2):
+            yield images[start:start + 2], labels[start:start + 2]
+
+    signature = (tf.TensorSpec([None, 4, 4, 3], tf.float32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    assert int(dataset.cardinality()) < 0
+
+    def predict(x):
+        return tf.one_hot(tf.zeros(tf.shape(x)[0], tf.int32), 3)
+
+    top_k, got, _ = evaluation.predict_top_k(predict, dataset, 3, ten_crop=False, num_batches=3)
+    np.testing.assert_array_equal(got, labels)
+    assert top_k.shape == (5, 3)
+    shown = capsys.readouterr().out
+    assert "3/3" in shown and "Unknown" not in shown
+    evaluation.predict_top_k(predict, dataset, 3, ten_crop=False)
+    assert "Unknown" in capsys.readouterr().out  # without a count, as before
