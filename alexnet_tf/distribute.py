@@ -4,7 +4,8 @@ The paper split the network over two GPUs; here the same model runs data-paralle
 ``tf.distribute``: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a cluster,
 ``MirroredStrategy`` over two or more local devices, one device otherwise. Training, evaluation,
 ``evaluate.py`` and the benchmarks create their strategy here, and ask here whether this process
-is the chief, the one worker that writes the work directory.
+is the chief, the one worker that writes the work directory. ``overflow_on_every_replica`` makes
+the replicas agree on a float16 overflow before Keras's loss scaling looks at their gradients.
 """
 
 from __future__ import annotations
