@@ -18,7 +18,8 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import distribute, evaluation, export, imagenet, statistics, workdir  # noqa: E402
+from alexnet_tf import distribute, evaluation, export, imagenet, statistics  # noqa: E402
+from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> None:
         # The same strategy as training: the Keras model's variables are mirrored over the GPUs.
         strategy = distribute.make_strategy(FLAGS.num_gpus)
         with strategy.scope():
-            model, config = workdir.load_model(FLAGS.checkpoint)
+            model, config = workdir_lib.load_model(FLAGS.checkpoint)
     else:
         model, config = export.load_predictor(FLAGS.saved_model)
     if FLAGS.batch_size:
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> None:
     labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
-    stats = workdir.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
+    stats = workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     if FLAGS.export_dir:
         wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),

@@ -38,7 +38,7 @@ def test_resuming_refuses_another_model_shape_and_accepts_other_settings(tmp_pat
     with pytest.raises(ValueError, match=r"config.json.*width=0.125, not width=0.25.*--workdir"):
         workdir_lib.write_config(config.replace(width=0.25), str(tmp_path), resuming=True)
     assert workdir_lib.read_config(str(tmp_path)) == config  # left as it was
-    with caplog.at_level(python_logging.WARNING):
+    with caplog.at_level(python_logging.WARNING, logger="absl"):
         workdir_lib.write_config(config.replace(epochs=5), str(tmp_path), resuming=True)
     assert "changed configuration" in caplog.text
     assert workdir_lib.read_config(str(tmp_path)).epochs == 5
@@ -92,7 +92,7 @@ def test_summary_holds_the_figures_then_absolute_paths(tmp_path, caplog):
     assert path == str((tmp_path / workdir_lib.SUMMARY_FILE).resolve())
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     summary["summary"] = path
-    with caplog.at_level(python_logging.INFO):
+    with caplog.at_level(python_logging.INFO, logger="absl"):
         workdir_lib.log_outputs(summary)
     assert "Done: 2 epochs, 10 steps; val_top1_error 0.1250" in caplog.text
     for key in ("checkpoint", "tensorboard", "saved_model", "summary"):
