@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_tf import evaluation, export, imagenet, statistics, training  # noqa: E402
+from alexnet_tf import console  # noqa: E402
+
+console.quiet_tensorflow()  # before anything imports TensorFlow
+
+from absl import app, flags, logging  # noqa: E402
+
+from alexnet_tf import distribute, evaluation, export, imagenet, statistics  # noqa: E402
+from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
@@ -44,9 +49,9 @@ def main(argv: list[str]) -> None:
     strategy = None
     if FLAGS.checkpoint:
         # The same strategy as training: the Keras model's variables are mirrored over the GPUs.
-        strategy = training.make_strategy(FLAGS.num_gpus)
+        strategy = distribute.make_strategy(FLAGS.num_gpus)
         with strategy.scope():
-            model, config = evaluation.load_model(FLAGS.checkpoint)
+            model, config = workdir_lib.load_model(FLAGS.checkpoint)
     else:
         model, config = export.load_predictor(FLAGS.saved_model)
     if FLAGS.batch_size:
@@ -60,7 +65,7 @@ def main(argv: list[str]) -> None:
     labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
-    stats = evaluation.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
+    stats = workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     if FLAGS.export_dir:
         wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),
@@ -74,7 +79,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.figures:
         from alexnet_tf import figures
 
-        figures.make_figures(model, config, data_dir, os.path.join(FLAGS.report_dir, "figures"),
+        figures.make_figures(model, config, data_dir, os.path.join(FLAGS.report_dir, figures.FIGURES_DIR),
                              class_names=names, max_train_images=FLAGS.figure_train_images)
 
 

@@ -19,13 +19,24 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from alexnet_tf import console  # noqa: E402
+
+console.quiet_tensorflow()  # before anything imports TensorFlow
+
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import export, imagenette, synthetic_data, training  # noqa: E402
+from alexnet_tf import distribute, export, imagenette, synthetic_data, training  # noqa: E402
+from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
 
 DATASET_PRESETS = {"shapes": "shapes", "imagenette": "imagenette", "records": "paper", "synthetic": "paper"}
+DATASET_DESCRIPTIONS = {
+    "shapes": "the built-in drawn figures, made and converted into {data_root}",
+    "imagenette": "Imagenette from {imagenette}, converted into {data_root}",
+    "records": "the converted records in {data_dir}",
+    "synthetic": "random tensors (timing only)",
+}
 
 flags.DEFINE_enum("dataset", None, sorted(DATASET_PRESETS),
                   "shapes: the built-in drawn data set; imagenette: Imagenette (--imagenette_dir or "
@@ -54,7 +65,10 @@ def main(argv: list[str]) -> int:
     if config.export_precision not in export.PRECISIONS:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
     workdir = FLAGS.workdir or os.path.join("runs", preset)
-    data_root = os.path.join(workdir, "data")
+    data_root = os.path.join(workdir, workdir_lib.DATA_DIR)
+    what = DATASET_DESCRIPTIONS[dataset].format(data_root=data_root, data_dir=config.data_dir,
+                                                 imagenette=FLAGS.imagenette_dir or "the download")
+    logging.info("Data set %s: %s; preset %s; results in %s", dataset, what, preset, os.path.abspath(workdir))
     try:
         if dataset == "shapes":
             config = config.replace(data_dir=synthetic_data.prepare_shapes(data_root, seed=config.seed))
@@ -67,7 +81,7 @@ def main(argv: list[str]) -> int:
     if dataset == "records" and not config.data_dir:
         raise app.UsageError("--dataset=records needs --data_dir, the converter's output")
     try:
-        summary = training.train(config, workdir, strategy=training.make_strategy(FLAGS.num_gpus),
+        summary = training.train(config, workdir, strategy=distribute.make_strategy(FLAGS.num_gpus),
                                  synthetic=dataset == "synthetic")
     except training.NonFiniteLossError as e:
         logging.error("%s", e)

@@ -1,12 +1,19 @@
-"""The input pipeline: the one place that orders the tf.data operations.
+"""The input pipeline (sections 2 and 4.1): the one place that orders the tf.data operations,
+and the sources a run reads.
 
 ``make_dataset`` turns the converter's TFRecord shards into batches of preprocessed images and
-0-based int32 labels; ``alexnet_tf.preprocess`` holds the image functions it maps.
+0-based int32 labels; ``alexnet_tf.preprocess`` holds the image functions it maps. ``Inputs`` is
+what the trainer reads: a fresh training pipeline per epoch, seeded by (seed, epoch) so every epoch
+reads the records in a new order, and a validation pipeline; from the converter's shards
+(``record_inputs``), arrays (``array_inputs``) or random tensors (``synthetic_inputs``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +32,7 @@ RECORD_FRAMING_BYTES = 16
 _SEED_PURPOSES = {"files": 1, "records": 2, "augment": 3}
 LABEL_CHECK_RECORDS = 32  # per shard, from the first shards of a split: no decoding, a few KB read
 LABEL_CHECK_SHARDS = 4
+SYNTHETIC_STEPS_PER_EPOCH = 50
 
 
 def file_pattern(data_dir: str, split: str) -> str:
@@ -94,6 +102,17 @@ def _seed(config: Config, pipeline_id: int, purpose: str) -> int | None:
         return None
     sequence = np.random.SeedSequence([config.seed, pipeline_id, _SEED_PURPOSES[purpose]])
     return int(sequence.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def _shard_files(pattern: str) -> list[str]:
+    """The sorted shards matching ``pattern``; FileNotFoundError naming the directory when none do."""
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord shards match {os.path.basename(pattern)!r} in {os.path.dirname(pattern)!r}: "
+            "check --data_dir, or build the shards with the converter"
+        )
+    return files
 
 
 def _read_shard(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
@@ -169,12 +188,7 @@ def make_dataset(
         raise ValueError(
             "ten_crop is an evaluation view; call make_dataset(..., training=False, ten_crop=True)"
         )
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    if not files:
-        raise FileNotFoundError(
-            f"no TFRecord shards match {os.path.basename(file_pattern)!r} in {os.path.dirname(file_pattern)!r}: "
-            "check --data_dir, or build the shards with the converter"
-        )
+    files = _shard_files(file_pattern)
     if stats is None:
         stats = statistics.load_statistics(os.path.dirname(file_pattern))
     repeat = training if repeat is None else repeat
@@ -290,3 +304,146 @@ def _make_map_fn(training: bool, ten_crop: bool, config: Config, stats: DatasetS
         return view(parsed["encoded"], config, stats), label_of(parsed)
 
     return eval_fn
+
+
+# --------------------------------------------------------------------------------------------
+# The sources a run reads
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Where a run's batches come from.
+
+    Attributes:
+      train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
+        batches; it is called afresh for every epoch and must yield at least ``steps_per_epoch``
+        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply:
+        a run resumed mid-epoch has trained on them).
+      validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
+      steps_per_epoch: training steps per epoch.
+      data_dir: the converted records these come from ("" for in-memory or synthetic data).
+      stats: the training set's statistics (for the export), when known.
+      description: what the batches are, for the run's first lines.
+    """
+
+    train: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
+    validation: Callable[[], tf.data.Dataset] | None
+    steps_per_epoch: int
+    data_dir: str = ""
+    stats: statistics.DatasetStatistics | None = None
+    description: str = ""
+
+
+def epoch_seed(config: Config, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s pipeline: each epoch reads the records in a new order."""
+    return int(np.random.SeedSequence([config.seed, epoch]).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def manifest_record_count(data_dir: str, split: str) -> int | None:
+    """How many records a split holds according to the converter's manifest; None without one.
+
+    Raises:
+      ValueError: naming the manifest when it is not a converter manifest.
+    """
+    manifest_path = os.path.join(data_dir, records.MANIFEST_FILE)
+    if not os.path.exists(manifest_path):
+        return None
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            splits = json.load(f).get("splits", {})
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{manifest_path} is not a converter manifest ({e}); re-run the converter") from e
+    prefix = SPLIT_PREFIXES[split]
+    return int(splits[prefix]["num_records"]) if prefix in splits else None
+
+
+def count_records(data_dir: str, split: str) -> int:
+    """How many records a split holds: from the converter's manifest, else by reading the shards."""
+    count = manifest_record_count(data_dir, split)
+    if count is not None:
+        return count
+    files = sorted(tf.io.gfile.glob(file_pattern(data_dir, split)))
+    dataset = tf.data.TFRecordDataset(files, num_parallel_reads=4)
+    return int(dataset.reduce(np.int64(0), lambda count, _: count + 1).numpy())
+
+
+def record_inputs(config: Config, data_dir: str) -> Inputs:
+    """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
+    train_pattern = file_pattern(data_dir, "train")
+    validation_pattern = file_pattern(data_dir, "validation")
+    for split in ("train", "validation"):
+        check_labels(data_dir, split, config)
+    stats = statistics.load_statistics(data_dir)
+    steps = config.steps_per_epoch
+    num_train = None
+    if not steps:
+        num_train = count_records(data_dir, "train")
+        steps = num_train // config.batch_size
+        if steps == 0:
+            raise ValueError(f"{data_dir} holds {num_train} training images, fewer than one batch "
+                             f"(--batch_size={config.batch_size})")
+        logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
+    num_train = num_train if num_train is not None else manifest_record_count(data_dir, "train")
+    num_validation = manifest_record_count(data_dir, "validation")
+    counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"))
+              if n is not None]
+    description = f"the records in {data_dir}" + (f" ({', '.join(counts)})" if counts else "")
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        epoch_config = config.replace(seed=epoch_seed(config, epoch))
+        skip = skip_batches * input_context.get_per_replica_batch_size(config.batch_size)
+        return make_dataset(train_pattern, True, epoch_config, input_context=input_context,
+                                 stats=stats, repeat=True, skip_records=skip)
+
+    def validation() -> tf.data.Dataset:
+        return make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
+
+    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description)
+
+
+def array_inputs(
+    config: Config, train_images: np.ndarray, train_labels: np.ndarray,
+    val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
+) -> Inputs:
+    """Inputs from arrays of preprocessed images (tests, small experiments).
+
+    Training batches are reshuffled each epoch (seeded by seed and epoch in deterministic mode)
+    and dealt out across input pipelines by ``input_context``.
+    """
+    num_pipelines = 1
+    steps = config.steps_per_epoch or len(train_images) // config.batch_size
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        nonlocal num_pipelines
+        num_pipelines = input_context.num_input_pipelines
+        dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
+        dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
+        seed = epoch_seed(config, epoch) if config.deterministic else None
+        dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
+        dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        return dataset.skip(skip_batches)  # arrays: nothing to decode
+
+    validation = None
+    if val_images is not None:
+        def validation() -> tf.data.Dataset:
+            dataset = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
+            return dataset.batch(config.batch_size)
+
+    description = f"arrays of {len(train_images)} training" + (
+        f" and {len(val_images)} validation images" if val_images is not None else " images")
+    return Inputs(train, validation, steps, description=description)
+
+
+def synthetic_inputs(config: Config) -> Inputs:
+    """Random tensors of the right shape, to time the model step without an input pipeline."""
+    size = config.input_size
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        del skip_batches  # every batch is the same
+        batch = input_context.get_per_replica_batch_size(config.batch_size)
+        images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
+        labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
+        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+    return Inputs(train, None, config.steps_per_epoch or SYNTHETIC_STEPS_PER_EPOCH,
+                  description="random tensors (timing only: no validation, evaluation or export)")

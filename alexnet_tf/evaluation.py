@@ -23,21 +23,17 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_tf import data, imagenet
-from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
-from alexnet_tf.records import METADATA_FILE, STATISTICS_FILE
+from alexnet_tf.preprocess import NUM_CROPS
+from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
 
-TOP_K = 5
-NUM_CROPS = 10
+TOP_K = 5  # the paper's top-5 error; training's figures and the export's outputs use it too
 MOST_CONFUSED = 10
 WORST_CLASSES = 10
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VALIDATION_SPLIT = "validation"
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoints"
 # Section 6 of the paper: one CNN, 10-crop test.
 PAPER_RESULTS = {
     "ILSVRC-2012 validation, one CNN": {"top1_error": 0.407, "top5_error": 0.182},
@@ -63,6 +59,14 @@ def top_k_classes(probabilities: tf.Tensor, k: int) -> tf.Tensor:
     counts every tied class as a hit).
     """
     return tf.math.top_k(tf.cast(probabilities, tf.float32), k=k).indices
+
+
+def correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tuple[tf.Tensor, ...]:
+    """(top-1 hits, top-k hits, images) of a batch by ``top_k_classes``; training counts with it too."""
+    hits = tf.equal(top_k_classes(probabilities, top_k), tf.cast(labels, tf.int32)[:, None])
+    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.float32))
+    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.float32))
+    return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
 
 
 def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -94,8 +98,19 @@ def predict_top_k(
     ten_crop: bool,
     strategy: tf.distribute.Strategy | None = None,
     progress: bool = True,
+    num_batches: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Runs ``predict`` over ``dataset`` of (images, labels) under ``strategy``.
+
+    Args:
+      predict: images -> probabilities.
+      dataset: batches of (images, labels), one pass.
+      num_classes: the model's classes.
+      ten_crop: the images are [B, 10, s, s, 3]: average the softmax over the views.
+      strategy: where to run; the default strategy when None.
+      progress: show a progress bar.
+      num_batches: the progress bar's total when the dataset cannot tell (records read from
+        shards have an unknown cardinality; the converter's manifest knows their count).
 
     Returns:
       ``(top_k [N, k] int32, labels [N] int32, seconds)`` where ``seconds`` excludes the first
@@ -114,7 +129,8 @@ def predict_top_k(
         return strategy.gather(top_k, axis=0), strategy.gather(labels, axis=0)
 
     cardinality = int(dataset.cardinality())
-    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch") if progress else None
+    total = cardinality if cardinality > 0 else num_batches
+    bar = keras.utils.Progbar(total, unit_name="batch") if progress else None
     tops, labels = [], []
     first_batch_end = None
     start = time.perf_counter()
@@ -192,7 +208,7 @@ def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[lis
     """``(wnids, names)`` in label order: from ``synsets_file``, or ImageNet's 1000 classes.
 
     Names come from a ``metadata.txt`` (``wnid<TAB>name``) beside ``synsets_file`` when there is
-    one (training writes it beside its records, e.g. for the built-in data set's made-up wnids),
+    one (the converter writes it beside its shards, e.g. for the built-in data set's made-up wnids),
     else from the shipped ImageNet metadata; a wnid without a name stands for itself.
 
     Raises:
@@ -213,6 +229,25 @@ def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[lis
     return wnids, [metadata.get(wnid, wnid) for wnid in wnids]
 
 
+def data_class_labels(num_classes: int, data_dir: str) -> tuple[list[str], list[str]]:
+    """``(wnids, names)`` for the export: beside the shards, else ImageNet's, else ``class_i``."""
+    synsets = os.path.join(data_dir, SYNSETS_FILE) if data_dir else ""
+    if synsets and os.path.exists(synsets):
+        try:
+            return class_labels(num_classes, synsets)
+        except ValueError as e:
+            logging.warning("%s; ignoring it", e)
+    if num_classes == 1000:
+        return class_labels(1000)
+    labels = imagenet.fallback_class_names(num_classes)
+    return labels, labels
+
+
+def view_batch_size(config: Config, ten_crop: bool) -> int:
+    """Images per batch of a view: a 10-crop batch holds a tenth, so each step runs as many views."""
+    return max(1, config.batch_size // NUM_CROPS) if ten_crop else config.batch_size
+
+
 def view_datasets(
     config: Config, data_dir: str, stats: DatasetStatistics, ten_crop: bool = True
 ) -> dict[str, tuple[tf.data.Dataset, bool]]:
@@ -224,7 +259,7 @@ def view_datasets(
     pattern = data.file_pattern(data_dir, VALIDATION_SPLIT)
     views = {"center_crop": (config, False)}
     if ten_crop:
-        views["ten_crop"] = (config.replace(batch_size=max(1, config.batch_size // NUM_CROPS)), True)
+        views["ten_crop"] = (config.replace(batch_size=view_batch_size(config, True)), True)
     return {
         key: (data.make_dataset(pattern, False, view_config, stats=stats, ten_crop=is_ten_crop, repeat=False),
               is_ten_crop)
@@ -256,7 +291,7 @@ def evaluate(
       class_names: class index -> name, for the per-class table; when None, ImageNet's names
         for a 1000-class model and ``class_i`` otherwise.
       progress: show a progress bar.
-      stats: the statistics of the training set the model was trained on (``model_statistics``);
+      stats: the statistics of the training set the model was trained on (``workdir.model_statistics``);
         when None, those beside the shards in ``data_dir`` (the fallback for models that carry
         none: right only when ``data_dir`` was converted with the model's training set).
 
@@ -275,10 +310,14 @@ def evaluate(
     else:
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
+    num_images = data.manifest_record_count(data_dir, VALIDATION_SPLIT)
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
-        logging.info("Evaluating the %s on %s", key.replace("_", " "), data_dir)
+        logging.info("Evaluating the %s on %s%s", key.replace("_", " "), data_dir,
+                     f" ({num_images} images)" if num_images is not None else "")
+        batch_size = view_batch_size(config, is_ten_crop)
         top_k, labels, seconds = predict_top_k(
-            predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress
+            predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress,
+            num_batches=-(-num_images // batch_size) if num_images else None,
         )
         result = metrics(top_k, labels, config.num_classes, class_names)
         result["seconds"] = seconds
@@ -344,59 +383,3 @@ def write_report(report: dict[str, Any], report_dir: str) -> None:
     with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:
         f.write(report_markdown(report))
     logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)
-
-
-def model_statistics(path: str) -> DatasetStatistics | None:
-    """The training-set statistics that travel with a model, or None for a model without them.
-
-    Training writes ``statistics.json`` (and ``mean_image.npy``) into its work directory, beside
-    ``model.keras``, and into the SavedModel's directory, so an evaluation on any data directory
-    preprocesses as training did.
-
-    Args:
-      path: a training workdir, a ``.keras`` file in one, or a SavedModel directory.
-    """
-    directory = path if os.path.isdir(path) else os.path.dirname(path)
-    if not os.path.exists(os.path.join(directory, STATISTICS_FILE)):
-        logging.warning("%s carries no %s: the data directory's statistics stand in for the training set's",
-                        path, STATISTICS_FILE)
-        return None
-    return load_statistics(directory)
-
-
-def load_model(path: str) -> tuple[keras.Model, Config]:
-    """A trained model and its configuration from a training workdir or a ``.keras`` file.
-
-    A workdir holds ``config.json`` and either ``model.keras`` (preferred) or ``checkpoints/``
-    (the latest is restored into a model built from the configuration). A ``.keras`` file
-    takes its configuration from a ``config.json`` beside it.
-
-    Raises:
-      FileNotFoundError: naming ``path`` when it holds none of these.
-      ValueError: naming the checkpoint, when it does not restore every weight of the model.
-    """
-    directory = path if os.path.isdir(path) else os.path.dirname(path)
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: --checkpoint must be a training workdir or a "
-                                f".keras file with the run's {CONFIG_FILE} beside it")
-    with open(config_path, encoding="utf-8") as f:
-        config = Config.from_json(f.read())
-    keras_file = path if not os.path.isdir(path) else os.path.join(path, MODEL_FILE)
-    if os.path.exists(keras_file):
-        logging.info("Loading %s", keras_file)
-        return keras.saving.load_model(keras_file, compile=False), config
-    latest = tf.train.latest_checkpoint(os.path.join(directory, CHECKPOINT_DIR))
-    if latest is None:
-        raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor a checkpoint in {CHECKPOINT_DIR}/")
-    logging.info("Restoring %s", latest)
-    model = model_lib.build_from_config(config)
-    # Every variable of the model must come from the checkpoint (not its initialiser); the
-    # checkpoint's optimizer and run state are not needed here.
-    status = tf.train.Checkpoint(model=model).restore(latest)
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ValueError(f"{latest} does not hold the weights of the model in {config_path}: {e}") from e
-    status.expect_partial()
-    return model, config

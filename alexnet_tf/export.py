@@ -31,13 +31,13 @@ from absl import logging
 
 from alexnet_tf import preprocess
 from alexnet_tf.config import Config
+from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.statistics import DatasetStatistics
 
 SERVING_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "serve_images"
 BYTES_INPUT = "image_bytes"
 FLOAT_INPUT = "image"
-TOP_K = 5
 # About 40 megapixels: 120 MB once decoded to RGB. The largest ILSVRC-2012 images are far
 # smaller; anything above this is refused before decoding.
 MAX_PIXELS = 40_000_000

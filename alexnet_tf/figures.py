@@ -42,6 +42,7 @@ PANEL_HEIGHT_INCHES = 4.0
 TRUE_COLOUR = "#d62728"
 OTHER_COLOUR = "#1f77b4"
 
+FIGURES_DIR = "figures"  # beside the evaluation report
 FIGURE3_FILE = "figure3_conv1_kernels.png"
 FIGURE4_PREDICTIONS_FILE = "figure4_predictions.png"
 FIGURE4_NEIGHBOURS_FILE = "figure4_neighbours.png"

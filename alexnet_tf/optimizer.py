@@ -1,13 +1,23 @@
-"""SGD with the paper's weight decay, applied inside the momentum (section 5)."""
+"""The paper's optimisation (section 5): SGD with its weight decay inside the momentum, and the
+learning-rate schedule, divided by 10 when the validation error stops improving.
+
+``PaperSGD`` is the update rule; ``LearningRateSchedule`` decides the rate of each epoch (the
+paper's plateau rule, or fixed steps) and keeps its state in variables a checkpoint carries.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
+from alexnet_tf.config import Config
+
 PAPER_WEIGHT_DECAY = 0.0005
+LR_DIVISOR = 10.0  # section 5: "divide the learning rate by 10"
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
@@ -58,3 +68,69 @@ class PaperSGD(keras.optimizers.SGD):
         config.pop("nesterov", None)
         config["l2_decay"] = self.l2_decay
         return config
+
+
+def parse_lr_schedule(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``"plateau"`` -> ("plateau", ()); ``"step:30,60,80"`` -> ("step", (30, 60, 80)).
+
+    Raises:
+      ValueError: naming ``--lr_schedule`` when ``spec`` is neither form.
+    """
+    if spec == "plateau":
+        return "plateau", ()
+    if spec.startswith("step:"):
+        try:
+            boundaries = tuple(int(v) for v in spec[len("step:"):].split(","))
+        except ValueError:
+            boundaries = ()
+        if boundaries and all(b > 0 for b in boundaries) and list(boundaries) == sorted(set(boundaries)):
+            return "step", boundaries
+    raise ValueError(
+        f"--lr_schedule={spec!r}: use 'plateau' or 'step:E1,E2,...' with increasing epochs, "
+        "e.g. step:30,60,80"
+    )
+
+
+class LearningRateSchedule(tf.Module):
+    """The paper's schedule (divide by 10 when the validation error stops improving) or steps.
+
+    Its state lives in variables, so a checkpoint carries it across a restart.
+
+    Args:
+      config: learning_rate, lr_schedule, plateau_patience, max_lr_reductions.
+    """
+
+    def __init__(self, config: Config):
+        super().__init__(name="lr_schedule")
+        self.kind, self.boundaries = parse_lr_schedule(config.lr_schedule)
+        self.base_rate = config.learning_rate
+        self.patience = config.plateau_patience
+        self.max_reductions = config.max_lr_reductions
+        self.learning_rate = tf.Variable(config.learning_rate, dtype=tf.float64, trainable=False)
+        self.best_error = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.epochs_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def rate_for_epoch(self, epoch: int) -> float:
+        """The rate to train epoch ``epoch`` (0-based) with."""
+        if self.kind == "step":
+            drops = sum(1 for b in self.boundaries if epoch >= b)
+            self.learning_rate.assign(self.base_rate / LR_DIVISOR**drops)
+        return float(self.learning_rate.numpy())
+
+    def end_epoch(self, val_top1_error: float | None) -> bool:
+        """Records an epoch's validation error; True when the rate was just divided."""
+        if self.kind != "plateau" or val_top1_error is None:
+            return False
+        if val_top1_error < float(self.best_error.numpy()):
+            self.best_error.assign(val_top1_error)
+            self.epochs_without_improvement.assign(0)
+            return False
+        self.epochs_without_improvement.assign_add(1)
+        if (int(self.epochs_without_improvement.numpy()) >= self.patience
+                and int(self.reductions.numpy()) < self.max_reductions):
+            self.learning_rate.assign(self.learning_rate / LR_DIVISOR)
+            self.reductions.assign_add(1)
+            self.epochs_without_improvement.assign(0)
+            return True
+        return False

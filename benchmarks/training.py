@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from alexnet_tf import data, distribute, training  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import training  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 from alexnet_tf.optimizer import PaperSGD  # noqa: E402
 
@@ -102,9 +102,9 @@ def time_bare_step(config, batch_size: int, steps: int) -> float:
 
 def time_our_loop(config, batch_size: int, steps: int) -> float:
     config = config.replace(batch_size=batch_size)
-    trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    trainer = training.Trainer(config, distribute.make_strategy(devices=["/cpu:0"]))
     trainer.set_learning_rate(config.learning_rate)
-    iterator = trainer.distribute(training.synthetic_inputs(config), 0)
+    iterator = trainer.distribute(data.synthetic_inputs(config), 0)
     return batch_size / _time(lambda: trainer.train_step(iterator), steps)
 
 

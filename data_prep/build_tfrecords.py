@@ -16,9 +16,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# TensorFlow's C++ start-up lines (CPU features, oneDNN) say nothing about the conversion; set
-# before TensorFlow is imported, and only when the user has not chosen a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from alexnet_tf import console  # noqa: E402
+
+console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from alexnet_tf import training
+from alexnet_tf import optimizer, training
 from alexnet_tf.config import Config, get_config
 
 # Each value with the place in the paper (or README) it comes from.
@@ -55,7 +55,7 @@ def test_paper_preset_reaches_the_optimizer_and_the_schedule():
 
 def test_paper_plateau_rule_divides_by_ten_three_times():
     config = get_config("paper")
-    schedule = training.LearningRateSchedule(config)
+    schedule = optimizer.LearningRateSchedule(config)
     rates = []
     for epoch in range(60):
         rates.append(schedule.rate_for_epoch(epoch))

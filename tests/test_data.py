@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -262,3 +263,18 @@ def test_reads_shards_built_by_the_converter(tmp_path, shared_data):
     assert evaluated[0][0].shape == (2, 227, 227, 3)
     trained = list(data.make_dataset(pattern, True, config, repeat=False))
     assert sorted(_labels(trained)) == expected
+
+
+def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, encoded):
+    write_shards(tmp_path, encoded[:6], num_shards=2)
+    assert data.manifest_record_count(str(tmp_path), "train") is None
+    assert data.count_records(str(tmp_path), "train") == 6  # read from the shards
+    # The converter's manifest is believed without reading the shards.
+    manifest = {"splits": {records.TRAIN_PREFIX: {"num_records": 1000}}}
+    (tmp_path / records.MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert data.manifest_record_count(str(tmp_path), "train") == 1000
+    assert data.count_records(str(tmp_path), "train") == 1000
+    assert data.manifest_record_count(str(tmp_path), "validation") is None
+    (tmp_path / records.MANIFEST_FILE).write_text("not json")
+    with pytest.raises(ValueError, match="manifest.json is not a converter manifest"):
+        data.manifest_record_count(str(tmp_path), "train")

@@ -13,6 +13,7 @@ import tensorflow as tf
 from eval_helpers import ROOT, tiny_run
 
 from alexnet_tf import evaluation, export, preprocess
+from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
 
@@ -170,24 +171,24 @@ def test_load_model_from_keras_file_and_from_checkpoint(run, tmp_path):
     keras_dir, checkpoint_dir = tmp_path / "keras_run", tmp_path / "checkpoint_run"
     for workdir in (keras_dir, checkpoint_dir):
         workdir.mkdir()
-        (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
-    run.model.save(keras_dir / evaluation.MODEL_FILE)
+        (workdir / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(keras_dir / workdir_lib.MODEL_FILE)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=run.model, optimizer=run.model.optimizer),
-        str(checkpoint_dir / evaluation.CHECKPOINT_DIR), max_to_keep=1,
+        str(checkpoint_dir / workdir_lib.CHECKPOINT_DIR), max_to_keep=1,
     )
     manager.save()
-    for path in (keras_dir, keras_dir / evaluation.MODEL_FILE, checkpoint_dir):
-        model, config = evaluation.load_model(str(path))
+    for path in (keras_dir, keras_dir / workdir_lib.MODEL_FILE, checkpoint_dir):
+        model, config = workdir_lib.load_model(str(path))
         assert config == run.config
         np.testing.assert_allclose(np.asarray(model(images, training=False)), expected, rtol=1e-5, atol=1e-7)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        evaluation.load_model(str(empty))
-    (empty / evaluation.CONFIG_FILE).write_text(run.config.to_json())
+        workdir_lib.load_model(str(empty))
+    (empty / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
     with pytest.raises(FileNotFoundError, match="neither model.keras nor a checkpoint"):
-        evaluation.load_model(str(empty))
+        workdir_lib.load_model(str(empty))
 
 
 def test_evaluating_through_the_saved_model_gives_the_same_report(run, report, tmp_path):
@@ -221,8 +222,8 @@ def test_class_labels_read_the_metadata_beside_the_synsets_file(tmp_path):
 def test_evaluate_cli(shared_data, run, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
-    run.model.save(workdir / evaluation.MODEL_FILE)
+    (workdir / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(workdir / workdir_lib.MODEL_FILE)
     report_dir = tmp_path / "report"
     command = [sys.executable, str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
                f"--report_dir={report_dir}", f"--synsets={shared_data / 'metadata' / 'imagenette_synsets.txt'}",
@@ -247,11 +248,36 @@ def test_load_model_refuses_a_checkpoint_without_the_models_weights(tmp_path):
     for name, key in (("right", "model"), ("wrong", "net")):
         workdir = tmp_path / name
         workdir.mkdir()
-        (workdir / evaluation.CONFIG_FILE).write_text(config.to_json())
+        (workdir / workdir_lib.CONFIG_FILE).write_text(config.to_json())
         tf.train.CheckpointManager(
-            tf.train.Checkpoint(**{key: model}), str(workdir / evaluation.CHECKPOINT_DIR), max_to_keep=1
+            tf.train.Checkpoint(**{key: model}), str(workdir / workdir_lib.CHECKPOINT_DIR), max_to_keep=1
         ).save()
-    loaded, _ = evaluation.load_model(str(tmp_path / "right"))
+    loaded, _ = workdir_lib.load_model(str(tmp_path / "right"))
     np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-6)
     with pytest.raises(ValueError, match="does not hold the weights"):
-        evaluation.load_model(str(tmp_path / "wrong"))
+        workdir_lib.load_model(str(tmp_path / "wrong"))
+
+
+def test_progress_bar_knows_its_total_when_the_dataset_does_not(capsys):
+    """Records read from shards have an unknown cardinality; evaluate passes the manifest's count."""
+    images = np.zeros((5, 4, 4, 3), np.float32)
+    labels = np.arange(5, dtype=np.int32) % 3
+
+    def batches():
+        for start in range(0, 5, 2):
+            yield images[start:start + 2], labels[start:start + 2]
+
+    signature = (tf.TensorSpec([None, 4, 4, 3], tf.float32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    assert int(dataset.cardinality()) < 0
+
+    def predict(x):
+        return tf.one_hot(tf.zeros(tf.shape(x)[0], tf.int32), 3)
+
+    top_k, got, _ = evaluation.predict_top_k(predict, dataset, 3, ten_crop=False, num_batches=3)
+    np.testing.assert_array_equal(got, labels)
+    assert top_k.shape == (5, 3)
+    shown = capsys.readouterr().out
+    assert "3/3" in shown and "Unknown" not in shown
+    evaluation.predict_top_k(predict, dataset, 3, ten_crop=False)
+    assert "Unknown" in capsys.readouterr().out  # without a count, as before

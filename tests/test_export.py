@@ -17,7 +17,8 @@ import tensorflow as tf
 from eval_helpers import exported_model, tiny_run
 from PIL import Image
 
-from alexnet_tf import evaluation, export, preprocess
+from alexnet_tf import export, preprocess
+from alexnet_tf import workdir as workdir_lib
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
@@ -387,8 +388,8 @@ def test_command_lines_export_in_bfloat16(run, tmp_path):
     root = pathlib.Path(__file__).resolve().parent.parent
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / evaluation.CONFIG_FILE).write_text(run.config.to_json())
-    run.model.save(workdir / evaluation.MODEL_FILE)
+    (workdir / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
+    run.model.save(workdir / workdir_lib.MODEL_FILE)
     export_dir = tmp_path / "export" / "1"
     command = [sys.executable, str(root / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
                f"--export_dir={export_dir}", "--export_precision=bfloat16", "--ten_crop=false"]

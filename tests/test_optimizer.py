@@ -1,4 +1,5 @@
-"""PaperSGD applies section 5's rule: v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v."""
+"""Section 5: PaperSGD applies v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v, and the learning
+rate is divided by 10 when the validation error stops improving (or at fixed epochs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import PaperSGD, build_alexnet
+from alexnet_tf import PaperSGD, build_alexnet, optimizer
+from alexnet_tf.config import get_config
 
 
 def _loss_and_grads(model, x, y):
@@ -74,3 +76,35 @@ def test_serialization_round_trip():
     assert isinstance(clone, PaperSGD)
     assert clone.l2_decay == 0.001 and clone.momentum == 0.8
     assert float(clone.learning_rate) == pytest.approx(0.02)
+
+
+def test_parse_lr_schedule():
+    assert optimizer.parse_lr_schedule("plateau") == ("plateau", ())
+    assert optimizer.parse_lr_schedule("step:30,60,80") == ("step", (30, 60, 80))
+    for bad in ("step:", "step:60,30", "step:a", "cosine", "step:0,10"):
+        with pytest.raises(ValueError, match="--lr_schedule"):
+            optimizer.parse_lr_schedule(bad)
+
+
+def test_step_schedule_divides_by_ten_at_boundaries():
+    schedule = optimizer.LearningRateSchedule(get_config("tiny", lr_schedule="step:2,4", learning_rate=0.1))
+    rates = [schedule.rate_for_epoch(e) for e in range(6)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_plateau_schedule_patience_limit_and_checkpoint(tmp_path):
+    config = get_config("tiny", learning_rate=0.01, plateau_patience=2, max_lr_reductions=2)
+    schedule = optimizer.LearningRateSchedule(config)
+    errors = [0.9, 0.8, 0.8, 0.85]  # two epochs without improvement -> divide
+    reduced = [schedule.end_epoch(e) for e in errors]
+    assert reduced == [False, False, False, True]
+    assert schedule.rate_for_epoch(4) == pytest.approx(0.001)
+    path = tf.train.Checkpoint(schedule=schedule).write(str(tmp_path / "schedule"))
+    restored = optimizer.LearningRateSchedule(config)
+    tf.train.Checkpoint(schedule=restored).read(path).assert_consumed()
+    assert restored.rate_for_epoch(4) == pytest.approx(0.001)
+    assert float(restored.best_error.numpy()) == pytest.approx(0.8)
+    # Two more stalls reach the limit of 2 reductions; a third changes nothing.
+    assert [restored.end_epoch(0.9) for _ in range(6)] == [False, True, False, False, False, False]
+    assert restored.rate_for_epoch(10) == pytest.approx(0.0001)
+    assert int(restored.reductions.numpy()) == 2

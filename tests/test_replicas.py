@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import evaluation, training  # noqa: E402
+from alexnet_tf import data, evaluation, training  # noqa: E402
+from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def test_training_metrics_break_ties_as_the_evaluation_does():
     """Uniform outputs (a collapsed network) are not 100% right: ties go to the lower class."""
     uniform = tf.fill([6, 10], 0.1)
     labels = tf.constant([0, 3, 3, 7, 9, 4], tf.int32)
-    top1, top5, count = (float(v) for v in training._correct_counts(labels, uniform, 5))
+    top1, top5, count = (float(v) for v in evaluation.correct_counts(labels, uniform, 5))
     report = evaluation.metrics(evaluation.top_k_classes(uniform, 5).numpy(), labels.numpy(), 10)
     assert count == 6
     assert top1 == 1.0  # only label 0: the tie's winner
@@ -53,7 +54,7 @@ def test_training_metrics_break_ties_as_the_evaluation_does():
     assert 1 - top5 / count == pytest.approx(report["top5_error"])
     # A partial tie: classes 2 and 5 share the top; the lower index wins in both definitions.
     tied = tf.constant([[0.0, 0.0, 0.4, 0.0, 0.0, 0.4, 0.2, 0.0, 0.0, 0.0]] * 2)
-    top1, _, _ = training._correct_counts(tf.constant([2, 5]), tied, 5)
+    top1, _, _ = evaluation.correct_counts(tf.constant([2, 5]), tied, 5)
     assert float(top1) == 1.0
 
 
@@ -66,7 +67,7 @@ def test_validation_of_a_collapsed_network_counts_ties_as_misses():
     rng = np.random.default_rng(0)
     images = rng.normal(0, 50, (20, config.input_size, config.input_size, 3)).astype(np.float32)
     labels = np.arange(20, dtype=np.int32) % 10
-    inputs = training.array_inputs(config, images, labels, images, labels)
+    inputs = data.array_inputs(config, images, labels, images, labels)
     result = trainer.validate(inputs)
     assert result["top1_error"] == pytest.approx(0.9)  # only class 0 is "predicted"
     assert result["top5_error"] == pytest.approx(0.5)
@@ -97,7 +98,7 @@ def test_shifted_labels_stop_with_the_right_label_offset(tmp_path, stored, read)
     config = _tiny(label_offset=read, data_dir=data_dir)
     message = f"need --label_offset={stored}, not --label_offset={read}"
     with pytest.raises(ValueError, match=message):
-        training.record_inputs(config, data_dir)
+        data.record_inputs(config, data_dir)
     with pytest.raises(ValueError, match=message):
         evaluation.evaluate(lambda images: images, config, data_dir, progress=False)
     evaluation.data.check_labels(data_dir, "train", config.replace(label_offset=stored))  # the right one passes
@@ -131,11 +132,11 @@ def test_evaluation_uses_the_models_statistics_whatever_the_data_dir(tmp_path):
         stats.save(str(directory))
     workdir = tmp_path / "run"
     summary = training.train(config.replace(data_dir=str(first)), str(workdir), verbose=False)
-    model, _ = evaluation.load_model(str(workdir))
+    model, _ = workdir_lib.load_model(str(workdir))
     predict, _ = export.load_predictor(summary["saved_model"])
     reports = {}
     for source, predictor in ((str(workdir), model), (summary["saved_model"], predict)):
-        stats = evaluation.model_statistics(source)
+        stats = workdir_lib.model_statistics(source)
         assert stats is not None and stats.source.startswith(source)
         np.testing.assert_array_equal(stats.mean_image, load_statistics(str(first)).mean_image)
         for data_dir in (first, second):
@@ -331,7 +332,7 @@ def _evaluate(devices, out, data_dir):
         report = evaluation.evaluate(model, config, data_dir, strategy=strategy, progress=False)
         trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy)
         trainer.model.set_weights(one_model.get_weights())
-        validation = trainer.validate(training.record_inputs(config, data_dir))
+        validation = trainer.validate(data.record_inputs(config, data_dir))
         cases.append({
             "batch_size": batch_size,
             "num_images": report["num_images"],

@@ -1,4 +1,4 @@
-"""The training loop: schedule, workdir contract, resume, NaN stop, strategies, the built-in run.
+"""The training loop: workdir contract, resume, NaN stop, strategies, the built-in run.
 
 Runs that need a fresh TensorFlow (logical CPU devices, TF_CONFIG, kill -9) execute this file
 as a script in a subprocess: ``python tests/test_training.py <mode> ...``.
@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import records, synthetic_data, training  # noqa: E402
+from alexnet_tf import data, distribute, records, synthetic_data, training  # noqa: E402
+from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
 NUM_IMAGES = 64
@@ -50,7 +51,7 @@ def _arrays(config, seed=0, num_images=NUM_IMAGES):
 
 def _inputs(config, seed=0):
     images, labels = _arrays(config, seed)
-    return training.array_inputs(config, images, labels, images[:32], labels[:32])
+    return data.array_inputs(config, images, labels, images[:32], labels[:32])
 
 
 def _weights(model):
@@ -80,38 +81,6 @@ def _write_records(data_dir, config, num_train=80, num_val=16):
 # In-process tests
 
 
-def test_parse_lr_schedule():
-    assert training.parse_lr_schedule("plateau") == ("plateau", ())
-    assert training.parse_lr_schedule("step:30,60,80") == ("step", (30, 60, 80))
-    for bad in ("step:", "step:60,30", "step:a", "cosine", "step:0,10"):
-        with pytest.raises(ValueError, match="--lr_schedule"):
-            training.parse_lr_schedule(bad)
-
-
-def test_step_schedule_divides_by_ten_at_boundaries():
-    schedule = training.LearningRateSchedule(_tiny(lr_schedule="step:2,4", learning_rate=0.1))
-    rates = [schedule.rate_for_epoch(e) for e in range(6)]
-    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-
-
-def test_plateau_schedule_patience_limit_and_checkpoint(tmp_path):
-    config = _tiny(learning_rate=0.01, plateau_patience=2, max_lr_reductions=2)
-    schedule = training.LearningRateSchedule(config)
-    errors = [0.9, 0.8, 0.8, 0.85]  # two epochs without improvement -> divide
-    reduced = [schedule.end_epoch(e) for e in errors]
-    assert reduced == [False, False, False, True]
-    assert schedule.rate_for_epoch(4) == pytest.approx(0.001)
-    path = tf.train.Checkpoint(schedule=schedule).write(str(tmp_path / "schedule"))
-    restored = training.LearningRateSchedule(config)
-    tf.train.Checkpoint(schedule=restored).read(path).assert_consumed()
-    assert restored.rate_for_epoch(4) == pytest.approx(0.001)
-    assert float(restored.best_error.numpy()) == pytest.approx(0.8)
-    # Two more stalls reach the limit of 2 reductions; a third changes nothing.
-    assert [restored.end_epoch(0.9) for _ in range(6)] == [False, True, False, False, False, False]
-    assert restored.rate_for_epoch(10) == pytest.approx(0.0001)
-    assert int(restored.reductions.numpy()) == 2
-
-
 def test_each_epoch_reads_the_records_in_a_new_order(tmp_path):
     """Deterministic runs reseed the pipeline per epoch: epochs differ, the same epoch repeats."""
     from test_data import write_shards
@@ -122,7 +91,7 @@ def test_each_epoch_reads_the_records_in_a_new_order(tmp_path):
     write_shards(tmp_path, encoded[:4], num_shards=1, prefix="validation")
     config = get_config("tiny", image_size=8, input_size=8, batch_size=24, deterministic=True, seed=5,
                         num_classes=24, mean_subtraction="channel")
-    inputs = training.record_inputs(config, str(tmp_path))
+    inputs = data.record_inputs(config, str(tmp_path))
 
     def epoch_labels(epoch):
         return next(iter(inputs.train(tf.distribute.InputContext(), epoch)))[1].numpy().tolist()
@@ -182,7 +151,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     images, labels = _arrays(config)
     images[:] = np.nan
-    poisoned = training.array_inputs(config, images, labels)
+    poisoned = data.array_inputs(config, images, labels)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is .*ckpt"):
         training.train(config.replace(epochs=2), str(tmp_path), inputs=poisoned, verbose=False)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good
@@ -240,7 +209,7 @@ def test_built_in_data_end_to_end(tmp_path):
     data_dir = synthetic_data.prepare_shapes(
         str(tmp_path / "data"), train_per_class=8, val_per_class=2, num_workers=1
     )
-    assert training.count_records(data_dir, "train") == 80
+    assert data.count_records(data_dir, "train") == 80
     config = get_config("shapes", data_dir=data_dir, epochs=1, batch_size=16, shuffle_buffer=80)
     summary = training.train(config, str(tmp_path / "run"), verbose=False)
     assert summary["data_dir"] == data_dir
@@ -257,7 +226,7 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkey
     from alexnet_tf import preprocess
 
     config = _tiny(batch_size=4, shuffle_buffer=64)
-    inputs = training.record_inputs(config, _write_records(tmp_path / "data", config, num_train=64))
+    inputs = data.record_inputs(config, _write_records(tmp_path / "data", config, num_train=64))
     decoded = []
     original = preprocess.preprocess_for_train
 
@@ -446,7 +415,7 @@ def _run(workdir, delay, data_dir=None):
         return
     import keras
 
-    model = keras.saving.load_model(os.path.join(workdir, training.MODEL_FILE), compile=False)
+    model = keras.saving.load_model(os.path.join(workdir, workdir_lib.MODEL_FILE), compile=False)
     np.savez(os.path.join(workdir, "weights.npz"), **{w.path: np.array(w) for w in model.weights})
 
 
@@ -455,7 +424,7 @@ def _mwms(task_index, port0, port1, workdir, out):
         "cluster": {"worker": [f"localhost:{port0}", f"localhost:{port1}"]},
         "task": {"type": "worker", "index": int(task_index)},
     })
-    strategy = training.make_strategy()
+    strategy = distribute.make_strategy()
     config = _tiny(epochs=2, steps_per_epoch=2)
     summary = training.train(config, workdir, inputs=_inputs(config), strategy=strategy, verbose=False)
     pathlib.Path(out).write_text(json.dumps({

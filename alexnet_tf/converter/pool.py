@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from alexnet_tf import console
+
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _WORKER_START_TIMEOUT = 600.0  # seconds to wait for the workers to import TensorFlow
 # Inherited by the spawned workers: one BLAS thread each (the pool is the parallelism), and
@@ -120,7 +122,7 @@ def worker_pool(num_workers: int) -> Iterator[Any]:
 
     Returns once every worker has imported TensorFlow, so the clock and the bar measure the work.
     """
-    settings = dict(_WORKER_ENVIRONMENT, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    settings = {**_WORKER_ENVIRONMENT, console.LOG_LEVEL_VARIABLE: console.tensorflow_log_level()}
     context = multiprocessing.get_context("spawn")
     ready = context.Value("i", 0)
     with _environment(settings):  # read by the workers as they start, restored for the parent

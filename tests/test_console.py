@@ -1,0 +1,65 @@
+"""The quiet console: TensorFlow's start-up logging is silenced before TensorFlow loads, unless the
+user chose a level; importing the package does not load TensorFlow.
+
+Each case runs in a fresh interpreter: TensorFlow reads the level once, when it is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+PROBE = """
+import json, logging, os, sys
+from alexnet_tf import console
+console.quiet_tensorflow()
+before = "tensorflow" in sys.modules
+level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+python_level = logging.getLogger("tensorflow").level
+import alexnet_tf
+model_loaded = "tensorflow" in sys.modules
+alexnet_tf.build_alexnet  # a public name loads its module on first use
+print(json.dumps({"tf_before": before, "level": level, "python_level": python_level,
+                  "tf_after_package": model_loaded, "tf_after_name": "tensorflow" in sys.modules,
+                  "worker_level": console.tensorflow_log_level()}))
+"""
+
+
+def _probe(level: str | None) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_quiet_by_default_before_tensorflow_loads():
+    found = _probe(None)
+    assert not found["tf_before"] and not found["tf_after_package"]
+    assert found["level"] == "2" and found["worker_level"] == "2"
+    assert found["python_level"] == 30  # logging.WARNING: TensorFlow's Python INFO lines hidden too
+    assert found["tf_after_name"]  # the public names still work, loading TensorFlow when used
+
+
+@pytest.mark.parametrize("level", ["0", "3"])
+def test_the_users_level_is_kept(level):
+    found = _probe(level)
+    assert found["level"] == level and found["worker_level"] == level
+    assert found["python_level"] == 0  # untouched
+
+
+def test_every_command_line_quiets_tensorflow_before_importing_it():
+    for script in ("train.py", "evaluate.py", "data_prep/build_tfrecords.py"):
+        text = (ROOT / script).read_text()
+        assert text.index("console.quiet_tensorflow()") < text.index("from absl import"), script
+        assert "TF_CPP_MIN_LOG_LEVEL" not in text, f"{script} sets the level itself instead of using console"
