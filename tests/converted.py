@@ -165,6 +165,8 @@ class StoredRecord:
     label: int
     synset: str
     filename: str
+    height: int
+    width: int
 
 
 def read_records(data_dir: str | pathlib.Path, split: str) -> list[StoredRecord]:
@@ -178,6 +180,8 @@ def read_records(data_dir: str | pathlib.Path, split: str) -> list[StoredRecord]
             label=int(features[records.LABEL_KEY].int64_list.value[0]),
             synset=features[records.SYNSET_KEY].bytes_list.value[0].decode("utf-8"),
             filename=features[records.FILENAME_KEY].bytes_list.value[0].decode("utf-8"),
+            height=int(features[records.HEIGHT_KEY].int64_list.value[0]),
+            width=int(features[records.WIDTH_KEY].int64_list.value[0]),
         ))
     return stored
 
