@@ -1,9 +1,14 @@
-"""The shared-data fixture: a skip on a developer's machine, a failure in CI."""
+"""The shared fixtures: the real data (a skip locally, a failure in CI) and the converted shards."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import SHARED_DATA, require_shared_data
+from converted import ASSORTED, ASSORTED_SIZES, GRAYSCALE_EVERY, read_records
+
+from alexnet_tf import records
 
 
 def test_missing_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
@@ -22,3 +27,18 @@ def test_missing_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
 
 def test_the_fixture_is_the_checked_path(shared_data):
     assert shared_data == SHARED_DATA and (shared_data / "README.md").exists()
+
+
+def test_converted_sets_are_converted_once_by_the_real_converter(converted):
+    data_dir = converted(ASSORTED)
+    assert converted(ASSORTED) == data_dir  # once per session
+    assert converted(ASSORTED.replace(train_shards=6)) != data_dir
+    summary = json.loads((data_dir / records.SUMMARY_FILE).read_text())
+    assert summary["ok"] and summary["splits"]["train"]["written"] == len(ASSORTED.train_labels)
+    # The grayscale drawings went through the converter's repair into RGB JPEGs.
+    grayscale = range(GRAYSCALE_EVERY - 2, len(ASSORTED.train_labels), GRAYSCALE_EVERY)
+    assert summary["splits"]["train"]["kinds"]["jpeg_grayscale"] == len(grayscale)
+    stored = read_records(data_dir, "train")
+    assert sorted(r.label for r in stored) == sorted(ASSORTED.train_labels)
+    assert sorted((r.height, r.width) for r in stored) == sorted(
+        ASSORTED_SIZES[i % len(ASSORTED_SIZES)] for i in range(len(stored)))

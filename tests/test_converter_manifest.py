@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import converter_helpers as h
-import numpy as np
 import pytest
 
-from alexnet_tf import converter, evaluation, statistics
+from alexnet_tf import converter, evaluation
 
 
 def test_job_array_tasks_write_disjoint_shards_and_merge(tmp_path):
@@ -22,30 +21,6 @@ def test_job_array_tasks_write_disjoint_shards_and_merge(tmp_path):
     assert second["complete"] and second["converted_shards"] == 1
     assert h.shards(out) == h.shards(tmp_path / "single")
     assert converter.merge_manifests(str(out))["written"] == second["written"]
-
-
-def test_statistics_known_answer_and_order_independence(tmp_path):
-    colours = [(10, 20, 30), (50, 60, 70)]
-    accumulators = []
-    for order in (colours, colours[::-1]):
-        acc = statistics.StatisticsAccumulator(8)
-        for colour in order:
-            acc.add(np.broadcast_to(np.array(colour, np.uint8), (8, 8, 3)).copy())
-        accumulators.append(acc)
-    stats = accumulators[0].result()
-    np.testing.assert_allclose(stats.mean_rgb, [30, 40, 50])
-    np.testing.assert_allclose(stats.std_rgb, [20, 20, 20])
-    # Covariance is 400 everywhere: one eigenvalue 1200 along (1,1,1)/sqrt(3), stored /255.
-    np.testing.assert_allclose(stats.eigenvalues, [1200 / 255, 0, 0], atol=1e-4)
-    np.testing.assert_allclose(np.abs(stats.eigenvectors[:, 0]), [3**-0.5] * 3, atol=1e-6)
-    np.testing.assert_allclose(stats.mean_image, np.broadcast_to([30, 40, 50], (8, 8, 3)))
-    merged = statistics.StatisticsAccumulator(8)
-    merged.merge(accumulators[1])
-    merged.save(str(tmp_path / "s.npz"))
-    loaded = statistics.StatisticsAccumulator.load(str(tmp_path / "s.npz"))
-    assert loaded.num_images == 2
-    np.testing.assert_array_equal(loaded.sum_image, accumulators[0].sum_image)
-    np.testing.assert_array_equal(loaded.sum_outer, accumulators[0].sum_outer)
 
 
 def test_the_class_files_the_readers_need_are_written_here(tmp_path):

@@ -9,59 +9,25 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
 from alexnet_tf import data, preprocess, records
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics
 
-NUM_IMAGES = 24
-
-
-def _images(count: int) -> list[np.ndarray]:
-    """Images of assorted sizes and formats: odd sizes, a grayscale one, a tiny one."""
-    rng = np.random.default_rng(0)
-    sizes = [(76, 90), (100, 81), (57, 140), (9, 7), (76, 76), (130, 200)]
-    images = []
-    for i in range(count):
-        height, width = sizes[i % len(sizes)]
-        channels = 1 if i % 5 == 3 else 3
-        images.append(rng.integers(0, 256, (height, width, channels), dtype=np.uint8))
-    return images
-
-
-def _encode(image: np.ndarray, index: int) -> bytes:
-    if index % 2:
-        return tf.io.encode_png(image).numpy()
-    return tf.io.encode_jpeg(image, quality=90).numpy()
-
-
-def write_shards(
-    directory: pathlib.Path, encoded: list[bytes], num_shards: int, prefix: str = "train", label_base: int = 0
-) -> list[str]:
-    """Round-robin shards of ``encoded``; record i has label ``label_base + i``."""
-    paths = [str(directory / records.shard_name(prefix, s, num_shards)) for s in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
-    for i, blob in enumerate(encoded):
-        height, width = tf.image.extract_jpeg_shape(blob).numpy()[:2] if blob[:2] == b"\xff\xd8" else (0, 0)
-        example = records.serialize_example(
-            blob, int(height), int(width), label_base + i, f"n{i:08d}", f"class {i}", f"img_{i}.JPEG"
-        )
-        writers[i % num_shards].write(example)
-    for writer in writers:
-        writer.close()
-    return paths
+NUM_IMAGES = len(ASSORTED.train_labels)  # labels 0..23, one per image
 
 
 @pytest.fixture(scope="module")
-def encoded() -> list[bytes]:
-    return [_encode(image, i) for i, image in enumerate(_images(NUM_IMAGES))]
+def shards(converted) -> pathlib.Path:
+    """The assorted drawn images (odd sizes, grayscale, tiny) as the converter wrote them."""
+    return converted(ASSORTED)
 
 
-@pytest.fixture
-def shards(tmp_path, encoded) -> pathlib.Path:
-    write_shards(tmp_path, encoded, num_shards=4)
-    write_shards(tmp_path, encoded[:10], num_shards=2, prefix="validation")
-    return tmp_path
+@pytest.fixture(scope="module")
+def stored(shards) -> list[StoredRecord]:
+    """The training records in the order the shards hold them."""
+    return read_records(shards, "train")
 
 
 @pytest.fixture
@@ -74,6 +40,7 @@ def _labels(dataset) -> list[int]:
 
 
 def test_file_pattern(shards, tmp_path):
+    shards = copy_shards(shards, tmp_path / "records")
     pattern = data.file_pattern(str(shards), "train")
     assert sorted(tf.io.gfile.glob(pattern)) == sorted(tf.io.gfile.glob(os.path.join(str(shards), "train-*-of-*")))
     # A converter's half-written temporary file beside the shards is not read.
@@ -95,17 +62,18 @@ def test_file_pattern(shards, tmp_path):
         data.make_dataset(str(empty / "train-*"), True, get_config("tiny"))
 
 
-def test_eval_reads_every_record_once_in_order(shards, config, encoded):
+def test_eval_reads_every_record_once_in_order(shards, config, stored):
     stats = imagenet_statistics()
     dataset = data.make_dataset(data.file_pattern(str(shards), "train"), False, config, stats=stats)
     batches = list(dataset)
     assert [b[0].shape[0] for b in batches] == [4] * 6
-    # Round-robin shards read one after another: shard 0 holds 0, 4, 8, ...
-    assert _labels(batches) == [i for s in range(4) for i in range(s, NUM_IMAGES, 4)]
+    # Every label once (one image per class), in the order the shards hold the records.
+    assert sorted(r.label for r in stored) == list(range(NUM_IMAGES))
+    assert _labels(batches) == [r.label for r in stored]
     images, labels = batches[0]
     assert images.dtype == tf.float32 and images.shape[1:] == (67, 67, 3) and labels.dtype == tf.int32
     np.testing.assert_allclose(
-        images[1].numpy(), preprocess.preprocess_for_eval(encoded[4], config, stats).numpy(), atol=1e-4
+        images[1].numpy(), preprocess.preprocess_for_eval(stored[1].encoded, config, stats).numpy(), atol=1e-4
     )
     # A short last batch is kept.
     validation = list(
@@ -114,18 +82,19 @@ def test_eval_reads_every_record_once_in_order(shards, config, encoded):
     assert [b[1].shape[0] for b in validation] == [4, 4, 2]
 
 
-def test_eval_ten_crop(shards, config, encoded):
+def test_eval_ten_crop(shards, config):
     stats = imagenet_statistics()
     dataset = data.make_dataset(
         data.file_pattern(str(shards), "validation"), False, config, stats=stats, ten_crop=True
     )
     images, labels = next(iter(dataset))
     assert images.shape == (4, 10, 67, 67, 3) and labels.shape == (4,)
-    # Validation shard 0 holds records 0, 2, 4, ...: each row is the ten patches of that image.
-    assert labels.numpy().tolist() == [0, 2, 4, 6]
-    for row, index in enumerate([0, 2, 4, 6]):
+    # The first four records of validation shard 0: each row is the ten patches of that image.
+    first = read_records(shards, "validation")[:4]
+    assert labels.numpy().tolist() == [r.label for r in first]
+    for row, record in enumerate(first):
         np.testing.assert_allclose(
-            images[row].numpy(), preprocess.preprocess_for_ten_crop(encoded[index], config, stats).numpy(),
+            images[row].numpy(), preprocess.preprocess_for_ten_crop(record.encoded, config, stats).numpy(),
             atol=1e-4,
         )
     # Patches 5-9 are patches 0-4 mirrored, the centre one included.
@@ -168,9 +137,8 @@ def test_deterministic_mode_repeats_exactly(shards, config):
 
 @pytest.mark.parametrize("num_shards", [6, 2])  # sharding by file, and by record
 @pytest.mark.parametrize("training", [True, False])
-def test_worker_sharding_covers_every_record_once(tmp_path, encoded, config, num_shards, training):
-    write_shards(tmp_path, encoded, num_shards=num_shards)
-    pattern = data.file_pattern(str(tmp_path), "train")
+def test_worker_sharding_covers_every_record_once(converted, config, num_shards, training):
+    pattern = data.file_pattern(str(converted(ASSORTED.replace(train_shards=num_shards))), "train")
     workers = 3
     seen = []
     for worker in range(workers):
@@ -185,29 +153,31 @@ def test_worker_sharding_covers_every_record_once(tmp_path, encoded, config, num
     assert sorted(seen) == list(range(NUM_IMAGES))
 
 
-def test_one_based_labels_with_label_offset(tmp_path, encoded, config):
-    write_shards(tmp_path, encoded[:8], num_shards=1, label_base=1)  # labels 1..8, classic style
-    pattern = data.file_pattern(str(tmp_path), "train")
-    assert _labels(data.make_dataset(pattern, False, config.replace(label_offset=1))) == list(range(8))
-    assert _labels(data.make_dataset(pattern, False, config)) == list(range(1, 9))
-    # Label 1000 of a 1-based set read without the offset is out of range: a clear error.
-    write_shards(tmp_path, encoded[:1], num_shards=1, prefix="validation", label_base=1000)
+def test_one_based_labels_with_label_offset(converted, config, stored):
+    one_based = converted(ASSORTED.replace(label_offset=1))  # labels 1..24, classic style
+    pattern = data.file_pattern(str(one_based), "train")
+    zero_based = [r.label for r in stored]  # the same records in the same order, 0-based
+    assert [r.label for r in read_records(one_based, "train")] == [label + 1 for label in zero_based]
+    assert _labels(data.make_dataset(pattern, False, config.replace(label_offset=1))) == zero_based
+    assert _labels(data.make_dataset(pattern, False, config)) == [label + 1 for label in zero_based]
+    # Class 999 of a 1-based set (stored 1000) read without the offset is out of range: a clear error.
+    assert max(r.label for r in read_records(one_based, "validation")) == 1000
     with pytest.raises(tf.errors.InvalidArgumentError, match="label_offset"):
-        list(data.make_dataset(data.file_pattern(str(tmp_path), "validation"), False, config))
+        list(data.make_dataset(data.file_pattern(str(one_based), "validation"), False, config))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
 @pytest.mark.parametrize("training", [True, False])
-def test_corrupt_shard_error_names_the_file(tmp_path, encoded, config, damage, training):
-    paths = write_shards(tmp_path, encoded, num_shards=3)
-    victim = paths[1]
+def test_corrupt_shard_error_names_the_file(tmp_path, shards, config, damage, training):
+    shards = copy_shards(shards, tmp_path / "records")
+    victim = sorted(tf.io.gfile.glob(data.file_pattern(str(shards), "train")))[1]
     blob = bytearray(pathlib.Path(victim).read_bytes())
     if damage == "truncate":
         blob = blob[: len(blob) * 2 // 3]
     else:
         blob[len(blob) // 2] ^= 0xFF
     pathlib.Path(victim).write_bytes(bytes(blob))
-    dataset = data.make_dataset(data.file_pattern(str(tmp_path), "train"), training, config, repeat=False)
+    dataset = data.make_dataset(data.file_pattern(str(shards), "train"), training, config, repeat=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match=os.path.basename(victim)) as error:
         list(dataset)
     assert "Corrupt or truncated TFRecord shard" in str(error.value)
@@ -219,56 +189,53 @@ def test_intact_shards_pass_the_size_check(shards, config):
     assert len(_labels(dataset)) == NUM_IMAGES
 
 
-def test_statistics_beside_the_shards_are_used(shards, config, encoded):
+def test_statistics_beside_the_shards_are_used(shards, config, stored, tmp_path):
+    shards = copy_shards(shards, tmp_path / "records")
     stats = imagenet_statistics()
     stats.mean_rgb = np.array([1.0, 2.0, 3.0], np.float32)
     stats.save(str(shards))
     images, _ = next(iter(data.make_dataset(data.file_pattern(str(shards), "train"), False, config)))
-    expected = preprocess.preprocess_for_eval(encoded[0], config, imagenet_statistics()).numpy()
+    expected = preprocess.preprocess_for_eval(stored[0].encoded, config, imagenet_statistics()).numpy()
     # The published means were subtracted there; here (1, 2, 3).
     np.testing.assert_allclose(
         images[0].numpy(), expected + imagenet_statistics().mean_rgb - [1, 2, 3], atol=1e-3
     )
 
 
-def test_real_jpegs_through_the_pipeline(tmp_path, shared_data):
-    files = sorted((shared_data / "imagenet-sample" / "train").glob("*/*.JPEG"))[:12]
-    write_shards(tmp_path, [f.read_bytes() for f in files], num_shards=2)
+def test_real_jpegs_through_the_pipeline(converted):
+    real = converted(IMAGENETTE)  # Imagenette photographs, converted
     config = get_config("paper", batch_size=4, shuffle_buffer=16)
-    images, labels = next(iter(data.make_dataset(data.file_pattern(str(tmp_path), "train"), True, config)))
+    images, labels = next(iter(data.make_dataset(data.file_pattern(str(real), "train"), True, config)))
     assert images.shape == (4, 227, 227, 3) and labels.shape == (4,)
     # Mean-subtracted raw pixels: centred near 0, on the 0-255 scale.
     assert -128 < float(tf.reduce_mean(images)) < 128 and float(tf.reduce_max(images)) > 50
 
 
-def test_reads_shards_built_by_the_converter(tmp_path, shared_data):
-    from alexnet_tf import converter, imagenet
+def test_reads_shards_built_by_the_converter(converted, shared_data):
+    from alexnet_tf import imagenet
 
-    source = tmp_path / "train"
-    class_dirs = sorted((shared_data / "imagenet-sample" / "train").iterdir())[:6]
-    for class_dir in class_dirs:
-        (source / class_dir.name).mkdir(parents=True)
-        for image in class_dir.glob("*.JPEG"):
-            (source / class_dir.name / image.name).symlink_to(image)
-    output = tmp_path / "records"
-    converter.convert(
-        train_directory=str(source), output_directory=str(output), train_shards=2, num_workers=1
-    )
-    synsets = imagenet.load_synsets()
-    expected = sorted(synsets.index(d.name) for d in class_dirs)
+    real = converted(IMAGENETTE)
+    synsets = imagenet.load_synsets(str(shared_data / "metadata" / "imagenette_synsets.txt"))
+    stored = read_records(real, "validation")
+    # The converter labels each image by its folder's place in the labels file.
+    assert [r.label for r in stored] == [synsets.index(r.synset) for r in stored]
+    expected = sorted(r.label for r in stored)
+    assert expected == sorted(list(range(len(synsets))) * IMAGENETTE.val_per_class)
     config = get_config("paper", batch_size=2, shuffle_buffer=8)
-    pattern = data.file_pattern(str(output), "train")
+    pattern = data.file_pattern(str(real), "validation")
     evaluated = list(data.make_dataset(pattern, False, config))
-    assert sorted(_labels(evaluated)) == expected
+    assert _labels(evaluated) == [r.label for r in stored]
     assert evaluated[0][0].shape == (2, 227, 227, 3)
     trained = list(data.make_dataset(pattern, True, config, repeat=False))
     assert sorted(_labels(trained)) == expected
 
 
-def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, encoded):
-    write_shards(tmp_path, encoded[:6], num_shards=2)
+def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, converted):
+    copy_shards(converted(ASSORTED), tmp_path / "records")
+    tmp_path = tmp_path / "records"
+    (tmp_path / records.MANIFEST_FILE).unlink()
     assert data.manifest_record_count(str(tmp_path), "train") is None
-    assert data.count_records(str(tmp_path), "train") == 6  # read from the shards
+    assert data.count_records(str(tmp_path), "train") == len(ASSORTED.train_labels)  # read from the shards
     # The converter's manifest is believed without reading the shards.
     manifest = {"splits": {records.TRAIN_PREFIX: {"num_records": 1000}}}
     (tmp_path / records.MANIFEST_FILE).write_text(json.dumps(manifest))

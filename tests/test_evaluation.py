@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from eval_helpers import ROOT, tiny_run
+from eval_helpers import ROOT
 
 from alexnet_tf import evaluation, export, preprocess
 from alexnet_tf import workdir as workdir_lib
@@ -18,8 +18,8 @@ from alexnet_tf.model import build_from_config
 
 
 @pytest.fixture(scope="module")
-def run(shared_data):
-    return tiny_run(shared_data)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,13 @@ def report(run, tmp_path_factory):
 def _direct_probabilities(run, model, view) -> np.ndarray:
     """Probabilities per validation file, preprocessed one JPEG at a time, in one model call."""
     if view == "center_crop":
-        images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), run.config, run.stats)
-                           for f in run.val_files])
+        images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+                           for encoded in run.val_images])
         return np.asarray(model(images, training=False))
-    views = np.stack([preprocess.preprocess_for_ten_crop(tf.constant(f.read_bytes()), run.config, run.stats)
-                      for f in run.val_files])
+    views = np.stack([preprocess.preprocess_for_ten_crop(tf.constant(encoded), run.config, run.stats)
+                      for encoded in run.val_images])
     prob = np.asarray(model(views.reshape((-1,) + views.shape[2:]), training=False))
-    return prob.reshape(len(run.val_files), 10, -1).mean(axis=1)
+    return prob.reshape(len(run.val_images), 10, -1).mean(axis=1)
 
 
 def test_metrics_known_answer():
@@ -143,8 +143,8 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
 def test_ten_crop_is_the_mean_of_an_image_and_its_mirror_when_the_views_coincide(run):
     config = run.config.replace(image_size=run.config.input_size)
     result = evaluation.evaluate(run.model, config, run.data_dir, progress=False)
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), config, run.stats)
-                       for f in run.val_files])
+    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
+                       for encoded in run.val_images])
     prob = np.asarray(run.model(images, training=False))
     mirrored = np.asarray(run.model(images[:, :, ::-1], training=False))
     expected = np.argmax(prob + mirrored, axis=1)
@@ -165,8 +165,8 @@ def test_same_report_under_a_mirrored_strategy(run, report):
 
 
 def test_load_model_from_keras_file_and_from_checkpoint(run, tmp_path):
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), run.config, run.stats)
-                       for f in run.val_files[:4]])
+    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+                       for encoded in run.val_images[:4]])
     expected = np.asarray(run.model(images, training=False))
     keras_dir, checkpoint_dir = tmp_path / "keras_run", tmp_path / "checkpoint_run"
     for workdir in (keras_dir, checkpoint_dir):

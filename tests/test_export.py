@@ -14,7 +14,6 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from eval_helpers import exported_model, tiny_run
 from PIL import Image
 
 from alexnet_tf import export, preprocess
@@ -26,13 +25,13 @@ LARGE_JPEG = "imagenet-sample/train/n01440764/n01440764_tench.JPEG"
 
 
 @pytest.fixture(scope="module")
-def run(shared_data):
-    return tiny_run(shared_data)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def export_dir(shared_data):
-    return exported_model(shared_data)
+def export_dir(exported_tiny_run):
+    return exported_tiny_run
 
 
 def _png(path, mode: str) -> bytes:
@@ -66,12 +65,12 @@ def jpeg_claiming(encoded: bytes, height: int, width: int) -> bytes:
 
 def _test_images(shared_data, run) -> dict[str, bytes]:
     return {
-        "jpeg_224": run.val_files[0].read_bytes(),
+        "jpeg_224": run.val_images[0],
         "jpeg_large": (shared_data / LARGE_JPEG).read_bytes(),
         "jpeg_gray": (shared_data / GRAYSCALE_JPEG).read_bytes(),
         "png_rgb": _png(shared_data / LARGE_JPEG, "RGB"),
         "png_gray": _png(shared_data / GRAYSCALE_JPEG, "L"),
-        "png_rgba": _png(run.val_files[1], "RGBA"),
+        "png_rgba": _png(io.BytesIO(run.val_images[1]), "RGBA"),
     }
 
 
@@ -120,8 +119,8 @@ def test_signatures_and_outputs(export_dir, run):
 
 def test_float_signature_gives_the_keras_models_probabilities(export_dir, run):
     predict, config = export.load_predictor(export_dir)
-    images = tf.stack([preprocess.preprocess_for_eval(tf.constant(f.read_bytes()), config, run.stats)
-                       for f in run.val_files[:8]])
+    images = tf.stack([preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
+                       for encoded in run.val_images[:8]])
     np.testing.assert_allclose(predict(images).numpy(), run.model(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)
 
@@ -209,7 +208,7 @@ def test_saved_model_cli_show_and_run(shared_data, run, export_dir, tmp_path):
                  "probabilities", "wnids"):
         assert text in show.stdout
 
-    encoded = run.val_files[3].read_bytes()
+    encoded = run.val_images[3]
     np.save(tmp_path / "bytes.npy", np.array([encoded], dtype=object), allow_pickle=True)
     cli = subprocess.run(
         [SAVED_MODEL_CLI, "run", "--dir", export_dir, "--tag_set", "serve", "--signature_def",
@@ -298,14 +297,14 @@ def test_bfloat16_export_signatures_weights_and_graph(export_dir, bfloat16_expor
 
 
 def test_bfloat16_export_agrees_with_float32(shared_data, run, export_dir, bfloat16_export_dir):
-    images = [f.read_bytes() for f in run.val_files] + _real_validation_jpegs(shared_data)
+    images = list(run.val_images) + _real_validation_jpegs(shared_data)
     outputs = {}
     for name, directory in (("float32", export_dir), ("bfloat16", bfloat16_export_dir)):
         serve = tf.saved_model.load(directory).signatures[export.SERVING_SIGNATURE]
         outputs[name] = [serve(image_bytes=tf.constant(images[i:i + 32])) for i in range(0, len(images), 32)]
     classes = {k: np.concatenate([o["classes"].numpy() for o in v]) for k, v in outputs.items()}
     probabilities = {k: np.concatenate([o["probabilities"].numpy() for o in v]) for k, v in outputs.items()}
-    assert len(classes["float32"]) == len(images) == len(run.val_files) + 100
+    assert len(classes["float32"]) == len(images) == len(run.val_images) + 100
     agreement = np.mean(classes["float32"][:, 0] == classes["bfloat16"][:, 0])
     assert agreement >= BFLOAT16_TOP1_AGREEMENT, agreement
     np.testing.assert_allclose(probabilities["bfloat16"], probabilities["float32"], atol=BFLOAT16_PROBABILITY_ATOL)

@@ -6,7 +6,7 @@ import ast
 
 import numpy as np
 import pytest
-from eval_helpers import ROOT, tiny_run
+from eval_helpers import ROOT
 from PIL import Image
 
 from alexnet_tf import figures
@@ -46,8 +46,8 @@ def test_full_size_figure3_dimensions(tmp_path):
     assert Image.open(path).size == (734, 284)  # (16 * 44 + 15 * 2, 2 * (3 * 44 + 2 * 2) + 12)
 
 
-def test_make_figures_writes_pngs_of_the_expected_size(shared_data, tmp_path):
-    run = tiny_run(shared_data)
+def test_make_figures_writes_pngs_of_the_expected_size(tiny_run, tmp_path):
+    run = tiny_run
     paths = figures.make_figures(run.model, run.config, run.data_dir, str(tmp_path), class_names=run.names,
                                  num_examples=6, num_queries=4, num_neighbours=5, max_train_images=64)
     s = run.config.input_size

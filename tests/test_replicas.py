@@ -20,10 +20,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
+from converted import DrawnSet, copy_shards, cycling, read_records  # noqa: E402
 
 from alexnet_tf import data, evaluation, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
+
+# 13 validation images: batches of 2, 4, 5 and 9 leave a short last batch that some replicas see
+# nothing of; one batch of 16 training images.
+THIRTEEN = DrawnSet(train_labels=cycling(16), val_labels=cycling(13), train_shards=1)
 
 
 def _tiny(**overrides):
@@ -77,24 +82,15 @@ def test_validation_of_a_collapsed_network_counts_ties_as_misses():
 # Labels checked against synsets
 
 
-def _middle_class_shards(data_dir, offset, num_classes=10, classes=(3, 4, 5, 6)):
-    """Shards of only middle classes (never the first or last), labels stored ``offset``-based."""
-    from alexnet_tf import records
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    wnids = [f"n{7000000 + i:08d}" for i in range(num_classes)]
-    (data_dir / "synsets.txt").write_text("".join(w + "\n" for w in wnids))
-    for prefix in (records.TRAIN_PREFIX, records.VALIDATION_PREFIX):
-        with tf.io.TFRecordWriter(str(data_dir / records.shard_name(prefix, 0, 1))) as writer:
-            for i, label in enumerate(classes * 4):
-                writer.write(records.serialize_example(b"not decoded", 8, 8, label + offset, wnids[label],
-                                                       f"class {label}", f"{prefix}_{i}.jpg"))
-    return str(data_dir)
+def _middle_classes(offset: int) -> DrawnSet:
+    """Images of middle classes only (never the first or last of ten), labels stored ``offset``-based."""
+    classes = (3, 4, 5, 6) * 2
+    return DrawnSet(train_labels=classes, val_labels=classes, label_offset=offset)
 
 
 @pytest.mark.parametrize("stored, read", [(1, 0), (0, 1)])
-def test_shifted_labels_stop_with_the_right_label_offset(tmp_path, stored, read):
-    data_dir = _middle_class_shards(tmp_path / "data", stored)
+def test_shifted_labels_stop_with_the_right_label_offset(converted, stored, read):
+    data_dir = str(converted(_middle_classes(stored)))
     config = _tiny(label_offset=read, data_dir=data_dir)
     message = f"need --label_offset={stored}, not --label_offset={read}"
     with pytest.raises(ValueError, match=message):
@@ -104,28 +100,25 @@ def test_shifted_labels_stop_with_the_right_label_offset(tmp_path, stored, read)
     evaluation.data.check_labels(data_dir, "train", config.replace(label_offset=stored))  # the right one passes
 
 
-def test_a_wnid_missing_from_the_synsets_file_is_an_error(tmp_path):
-    data_dir = _middle_class_shards(tmp_path / "data", 0)
-    (tmp_path / "data" / "synsets.txt").write_text("".join(f"n{i:08d}\n" for i in range(10)))
+def test_a_wnid_missing_from_the_synsets_file_is_an_error(converted, tmp_path):
+    data_dir = copy_shards(converted(_middle_classes(0)), tmp_path / "data")
+    (data_dir / "synsets.txt").write_text("".join(f"n{i:08d}\n" for i in range(10)))
     with pytest.raises(ValueError, match="synsets.txt does not list"):
-        evaluation.data.check_labels(data_dir, "validation", _tiny())
+        evaluation.data.check_labels(str(data_dir), "validation", _tiny())
 
 
 # --------------------------------------------------------------------------------------------
 # The training set's statistics travel with the model
 
 
-def test_evaluation_uses_the_models_statistics_whatever_the_data_dir(tmp_path):
+def test_evaluation_uses_the_models_statistics_whatever_the_data_dir(converted, tmp_path):
     """The same images converted twice, beside two different training sets: the same report."""
-    import shutil
-
     from alexnet_tf import export
     from alexnet_tf.statistics import imagenet_statistics, load_statistics
 
     config = _tiny(dropout=0.0, epochs=1)
-    first, second = tmp_path / "first", tmp_path / "second"
-    _write_records(first, 13, config)
-    shutil.copytree(first, second)
+    first = copy_shards(converted(THIRTEEN), tmp_path / "first")
+    second = copy_shards(first, tmp_path / "second")
     for directory, mean in ((first, 60.0), (second, 200.0)):
         stats = imagenet_statistics()
         stats.mean_image = np.full((config.image_size, config.image_size, 3), mean, np.float32)
@@ -187,15 +180,19 @@ def test_dropout_masks_are_independent_across_replicas(tmp_path, devices):
 
 
 @pytest.mark.parametrize("devices", [2, 4])
-def test_evaluation_counts_every_record_once_with_empty_replicas(tmp_path, devices):
+def test_evaluation_counts_every_record_once_with_empty_replicas(converted, tmp_path, devices):
+    data_dir = converted(THIRTEEN)
+    labels = [r.label for r in read_records(data_dir, "validation")]
+    histogram = np.bincount(labels, minlength=_tiny().num_classes).tolist()
     out = tmp_path / "evaluation.json"
-    _run_script("evaluate", devices, out, tmp_path / "data")
+    _run_script("evaluate", devices, out, data_dir)
     figures = json.loads(out.read_text())
+    assert len(figures["cases"]) == 2 and len(labels) == len(THIRTEEN.val_labels)
     for case in figures["cases"]:
-        assert case["num_images"] == figures["records"], case
-        assert case["labels"] == figures["labels"], case
+        assert case["num_images"] == len(labels), case
+        assert case["labels"] == histogram, case
         assert case["errors"] == figures["one_device_errors"], case
-        assert case["validation_images"] == figures["records"], case
+        assert case["validation_images"] == len(labels), case
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,37 +282,12 @@ def _dropout(devices, out):
     }))
 
 
-def _write_records(data_dir, count, config):
-    """``count`` validation (and a few training) records of random JPEGs, labels cycling."""
-    from alexnet_tf import records
-
-    os.makedirs(data_dir, exist_ok=True)
-    rng = np.random.default_rng(0)
-    labels = []
-    for prefix, number in ((records.VALIDATION_PREFIX, count), (records.TRAIN_PREFIX, config.batch_size)):
-        with tf.io.TFRecordWriter(os.path.join(data_dir, records.shard_name(prefix, 0, 1))) as writer:
-            for i in range(number):
-                image = rng.integers(0, 256, (config.image_size, config.image_size, 3), dtype=np.uint8)
-                encoded = tf.io.encode_jpeg(image).numpy()
-                label = i % config.num_classes
-                writer.write(records.serialize_example(encoded, config.image_size, config.image_size, label,
-                                                       f"n{label:08d}", f"class {label}", f"{prefix}_{i}.jpg"))
-                if prefix == records.VALIDATION_PREFIX:
-                    labels.append(label)
-    with open(os.path.join(data_dir, "synsets.txt"), "w", encoding="utf-8") as f:
-        f.writelines(f"n{label:08d}\n" for label in range(config.num_classes))
-    return labels
-
-
 def _evaluate(devices, out, data_dir):
     """Evaluation and validation on N replicas for batch sizes that leave replicas empty."""
     from alexnet_tf.model import build_from_config
 
     names = _logical_devices(devices)
-    records = 13
     base = _tiny(dropout=0.0)
-    labels = _write_records(data_dir, records, base)
-    histogram = np.bincount(labels, minlength=base.num_classes).tolist()
 
     def errors(report):
         return {view: [report[view]["top1_error"], report[view]["top5_error"]] for view in ("center_crop", "ten_crop")}
@@ -340,9 +312,7 @@ def _evaluate(devices, out, data_dir):
             "errors": errors(report),
             "validation_images": validation["images"],
         })
-    pathlib.Path(out).write_text(json.dumps({
-        "records": records, "labels": histogram, "one_device_errors": errors(reference), "cases": cases,
-    }))
+    pathlib.Path(out).write_text(json.dumps({"one_device_errors": errors(reference), "cases": cases}))
 
 
 if __name__ == "__main__":

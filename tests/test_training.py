@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
+from converted import ASSORTED, SHAPES  # noqa: E402
 
 from alexnet_tf import data, distribute, records, synthetic_data, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
@@ -58,40 +59,16 @@ def _weights(model):
     return [np.array(w) for w in model.weights]
 
 
-def _write_records(data_dir, config, num_train=80, num_val=16):
-    """Random JPEGs as train and validation shards (labels cycling), for runs through the pipeline."""
-    from alexnet_tf import records
-
-    os.makedirs(data_dir, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix, count, shards in ((records.TRAIN_PREFIX, num_train, 2), (records.VALIDATION_PREFIX, num_val, 1)):
-        for shard in range(shards):
-            with tf.io.TFRecordWriter(os.path.join(data_dir, records.shard_name(prefix, shard, shards))) as writer:
-                for i in range(shard, count, shards):
-                    label = i % config.num_classes
-                    image = rng.integers(0, 256, (config.image_size, config.image_size, 3), dtype=np.uint8)
-                    image[..., label % 3] //= 2  # something to learn
-                    writer.write(records.serialize_example(
-                        tf.io.encode_jpeg(image).numpy(), config.image_size, config.image_size, label,
-                        f"n{label:08d}", f"class {label}", f"{prefix}_{i}.jpg"))
-    return str(data_dir)
-
-
 # --------------------------------------------------------------------------------------------
 # In-process tests
 
 
-def test_each_epoch_reads_the_records_in_a_new_order(tmp_path):
+def test_each_epoch_reads_the_records_in_a_new_order(converted):
     """Deterministic runs reseed the pipeline per epoch: epochs differ, the same epoch repeats."""
-    from test_data import write_shards
-
-    rng = np.random.default_rng(0)
-    encoded = [tf.io.encode_png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).numpy() for _ in range(24)]
-    write_shards(tmp_path, encoded, num_shards=4)
-    write_shards(tmp_path, encoded[:4], num_shards=1, prefix="validation")
+    # 24 records, each of its own class, in 4 shards: one batch is a whole epoch.
     config = get_config("tiny", image_size=8, input_size=8, batch_size=24, deterministic=True, seed=5,
                         num_classes=24, mean_subtraction="channel")
-    inputs = data.record_inputs(config, str(tmp_path))
+    inputs = data.record_inputs(config, str(converted(ASSORTED)))
 
     def epoch_labels(epoch):
         return next(iter(inputs.train(tf.distribute.InputContext(), epoch)))[1].numpy().tolist()
@@ -222,11 +199,11 @@ def test_built_in_data_end_to_end(tmp_path):
     assert (pathlib.Path(data_dir) / records.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
 
 
-def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkeypatch):
+def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monkeypatch):
     from alexnet_tf import preprocess
 
-    config = _tiny(batch_size=4, shuffle_buffer=64)
-    inputs = data.record_inputs(config, _write_records(tmp_path / "data", config, num_train=64))
+    config = _tiny(batch_size=4, shuffle_buffer=80)
+    inputs = data.record_inputs(config, str(converted(SHAPES)))
     decoded = []
     original = preprocess.preprocess_for_train
 
@@ -237,7 +214,7 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(tmp_path, monkey
 
     monkeypatch.setattr(preprocess, "preprocess_for_train", counting)
     trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
-    done = 14  # of 16 steps: 56 records trained on before the checkpoint
+    done = 14  # of 20 steps: 56 of the 80 records trained on before the checkpoint
     fresh = trainer.distribute(inputs, 1)
     expected = [next(fresh) for _ in range(done + 1)][-1]
     del fresh
@@ -285,9 +262,9 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(converted, tmp_path):
     """Two replicas, dropout on, records through the pipeline; killed at a checkpoint mid-epoch."""
-    data_dir = _write_records(tmp_path / "data", _tiny())
+    data_dir = converted(SHAPES)  # 80 training records: 5 steps of 16 per epoch
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     reference = _spawn("run", whole, 0.0, data_dir)
     victim = _spawn("run", killed, 0.5, data_dir)
