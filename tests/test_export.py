@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -78,6 +79,7 @@ def _python_path(run, encoded: bytes) -> np.ndarray:
     """Probabilities through the evaluation pipeline's centre crop and the Keras model."""
     image = preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
     return run.model(image[None], training=False).numpy()[0]
+
 
 
 def test_png_bomb_generator_makes_decodable_pngs():
@@ -157,10 +159,20 @@ print(json.dumps({"answers": answers, "imported_alexnet_tf": any(m.startswith("a
 """
 
 
+def _serve_in_a_fresh_process(export_dir: str, requests: list[list[bytes]], tmp_path) -> list:
+    """The answers of ``serving_default`` to each request, from a process that imports only TensorFlow."""
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, export_dir, str(requests_file)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not output["imported_alexnet_tf"]
+    return output["answers"]
+
+
 @pytest.mark.slow
 def test_serving_in_a_fresh_process(shared_data, run, export_dir, tmp_path):
-    import base64
-
     images = _test_images(shared_data, run)
     good = list(images.values())
     bomb = png_bomb(12_000)  # 144 megapixels in about 150 KB
@@ -174,14 +186,7 @@ def test_serving_in_a_fresh_process(shared_data, run, export_dir, tmp_path):
         [jpeg_claiming(images["jpeg_224"], 60_000, 60_000)],
         [images["png_gray"], images["jpeg_gray"]],
     ]
-    requests_file = tmp_path / "requests.json"
-    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, export_dir, str(requests_file)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not output["imported_alexnet_tf"]
-    answers = output["answers"]
+    answers = _serve_in_a_fresh_process(export_dir, requests, tmp_path)
 
     first = answers[0]
     for i, (name, encoded) in enumerate(images.items()):
@@ -360,18 +365,9 @@ def test_serving_from_threads_answers_each_request_as_alone(shared_data, run, ex
 
 @pytest.mark.slow
 def test_bfloat16_export_serves_in_a_fresh_process(shared_data, run, bfloat16_export_dir, tmp_path):
-    import base64
-
     images = _test_images(shared_data, run)
     requests = [list(images.values()), [b"this is not an image"], [png_bomb(12_000)], [images["png_gray"]]]
-    requests_file = tmp_path / "requests.json"
-    requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, bfloat16_export_dir, str(requests_file)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not output["imported_alexnet_tf"]
-    answers = output["answers"]
+    answers = _serve_in_a_fresh_process(bfloat16_export_dir, requests, tmp_path)
     here = tf.saved_model.load(bfloat16_export_dir).signatures[export.SERVING_SIGNATURE](
         image_bytes=tf.constant(requests[0]))
     assert answers[0]["classes"] == here["classes"].numpy().tolist()
