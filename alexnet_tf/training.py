@@ -60,7 +60,7 @@ LR_DIVISOR = 10.0  # section 5: "divide the learning rate by 10"
 SYNTHETIC_STEPS_PER_EPOCH = 50
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Config fields that change the model's variables: a resumed run must keep them.
-MODEL_FIELDS = ("num_classes", "input_size", "width", "towers")
+MODEL_FIELDS = ("num_classes", "input_size", "width", "towers", "conv_width", "lrn", "overlapping_pooling")
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
