@@ -44,7 +44,7 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import data, evaluation, export, imagenet, statistics
+from alexnet_tf import curves, data, evaluation, export, imagenet, statistics
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config
 from alexnet_tf.evaluation import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, TOP_K
@@ -772,6 +772,7 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         path = os.path.join(workdir, MODEL_FILE)
         trainer.model.save(path)
         results["model"] = os.path.abspath(path)
+        results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
         return results
     wnids, names = _class_labels(config, inputs.data_dir)
