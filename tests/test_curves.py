@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from PIL import Image
 from alexnet_tf import curves, training
 from alexnet_tf.evaluation import REPORT_MD, write_report
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4  # per epoch
 RATES = {1: 0.01, 2: 0.01, 3: 0.001, 4: 0.001, 5: 0.0001, 6: 0.0001}  # epoch -> learning rate
 
@@ -101,3 +105,15 @@ def test_no_logs_is_a_clear_error_and_skipped_at_the_end_of_a_run(tmp_path):
         curves.draw_curves(str(tmp_path))
     assert curves.draw_run_curves(str(tmp_path), steps_per_epoch=4) is None
     assert not (tmp_path / curves.CURVES_FILE).exists()
+
+
+def test_evaluate_py_curves_draws_from_the_logs_alone(tmp_path):
+    """``evaluate.py --curves --checkpoint=WORKDIR``: the picture, with no model or data needed."""
+    workdir = tmp_path / "run"
+    _log(str(workdir), range(1, 4))
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--curves", f"--checkpoint={workdir}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(workdir / curves.CURVES_FILE) as image:
+        assert image.size == curves.PIXELS
+    assert "learning rate drops after epochs [2]" in result.stderr
