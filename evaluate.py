@@ -3,6 +3,7 @@
   python evaluate.py --checkpoint=WORKDIR --data_dir=DATA --report_dir=REPORT [--figures]
   python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
   python evaluate.py --checkpoint=WORKDIR --export_dir=EXPORT_DIR --export_precision=bfloat16
+  python evaluate.py --curves --checkpoint=WORKDIR   # WORKDIR/curves.png from the run's logs only
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import distribute, evaluation, export, imagenet, statistics  # noqa: E402
+from alexnet_tf import curves, distribute, evaluation, export, imagenet, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
@@ -35,6 +36,9 @@ flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for 
 flags.DEFINE_string("export_dir", None, "With --checkpoint: also write the serving SavedModel here (e.g. .../1).")
 flags.DEFINE_enum("export_precision", "float32", list(export.PRECISIONS),
                   "Weights of the --export_dir SavedModel: as trained, or stored in bfloat16.")
+flags.DEFINE_bool("curves", False, "With --checkpoint=WORKDIR: draw WORKDIR/curves.png (loss and errors against "
+                  "epochs) from the run's logs; evaluates too only when --report_dir, --data_dir, "
+                  "--export_dir or --figures asks for it.")
 FLAGS = flags.FLAGS
 
 
@@ -46,6 +50,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
     if FLAGS.export_dir and not FLAGS.checkpoint:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
+    if FLAGS.curves:
+        if not (FLAGS.checkpoint and os.path.isdir(FLAGS.checkpoint)):
+            raise app.UsageError("--curves needs --checkpoint=WORKDIR, a training work directory (logs/ inside)")
+        # Before the evaluation, so that its report.md links the picture.
+        drawn = curves.draw_curves(FLAGS.checkpoint)
+        logging.info("Drew %s (%d steps per epoch, learning rate drops after epochs %s)", drawn.path,
+                     drawn.steps_per_epoch, [epoch for epoch, _ in drawn.lr_drops])
+        if not (FLAGS.report_dir or FLAGS.data_dir or FLAGS.export_dir or FLAGS.figures):
+            return
     strategy = None
     if FLAGS.checkpoint:
         # The same strategy as training: the Keras model's variables are mirrored over the GPUs.

@@ -4,6 +4,8 @@
     python train.py --data_dir=/data/imagenet-records # the paper preset on converted ImageNet
     python train.py --dataset=imagenette --imagenette_dir=../shared/data/imagenette
     python train.py --preset=paper --synthetic --steps_per_epoch=20 --epochs=1   # time the step
+    python train.py --dataset=imagenette --lrn=false  # a paper ablation (also --overlapping_pooling=false,
+                                                      # --towers=1 --conv_width=0.5, --pca_std=0, --dropout=0)
 
 Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
 ``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``,

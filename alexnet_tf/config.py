@@ -23,6 +23,10 @@ class Config:
     dropout: float = 0.5
     bias_init: str = "paper"  # "paper" (1 in conv2/4/5, fc6/7) or "caffe" (0.1 there)
     weight_init: str = "paper"  # "paper" (N(0, 0.01)) or "he" (for narrow CPU variants)
+    # The paper's ablations (sections 3.2-3.4): each on, or paper-valued, here; off, one at a time.
+    lrn: bool = True  # LRN after conv1 and conv2 (section 3.3); off: no LRN layers
+    overlapping_pooling: bool = True  # 3x3/2 pooling (section 3.4); off: 2x2/2, the same sizes
+    conv_width: float = 1.0  # multiplies the convolutions' channels only; 0.5 with towers=1 is 3.2's one-GPU net
 
     # Data (sections 2 and 4).
     data_dir: str = ""  # the converter's output: shards, manifest and statistics

@@ -27,6 +27,7 @@ from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
+from alexnet_tf.workdir import CURVES_FILE
 
 TOP_K = 5  # the paper's top-5 error; training's figures and the export's outputs use it too
 MOST_CONFUSED = 10
@@ -357,6 +358,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     for label, result in report["paper"].items():
         lines.append(f"| paper, {label}, 10 crops | {_percent(result['top1_error'])} "
                      f"| {_percent(result['top5_error'])} | |")
+    if report.get("curves"):
+        lines += ["", f"Training curves: [{report['curves']}]({report['curves']})"]
     if report["num_classes"] != 1000 or report["num_images"] != 50_000:
         lines += ["", "The paper's figures are for the 50,000 ILSVRC-2012 validation images of 1000 classes; "
                   "this evaluation is not on that set, so the rows are not comparable."]
@@ -376,8 +379,13 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], report_dir: str) -> None:
-    """Writes ``report.json`` and ``report.md`` to ``report_dir``."""
+    """Writes ``report.json`` and ``report.md`` to ``report_dir``, linking the run's curves if drawn."""
     os.makedirs(report_dir, exist_ok=True)
+    # The run's curves (curves.py) beside the report or in the work directory that holds it.
+    for directory in (report_dir, os.path.dirname(os.path.abspath(report_dir))):
+        if os.path.exists(os.path.join(directory, CURVES_FILE)):
+            report["curves"] = os.path.relpath(os.path.join(directory, CURVES_FILE), report_dir)
+            break
     with open(os.path.join(report_dir, REPORT_JSON), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:

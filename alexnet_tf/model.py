@@ -15,18 +15,28 @@ POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1}
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 WEIGHT_INITS = ("paper", "he")
 PIXEL_STDDEV = 58.0  # of mean-subtracted ImageNet pixels on the 0-255 scale
+# Section 3.4: pooling windows of z = 3 at stride s = 2 overlap. The paper's comparison pools
+# z = 2 at s = 2, which gives the same output sizes at every layer of the paper's network.
+POOL_SIZE = 3
+ADJACENT_POOL_SIZE = 2
+POOL_STRIDE = 2
 
 
 def _conv_output(size: int, kernel: int, stride: int) -> int:
     return (size - kernel) // stride + 1
 
 
-def feature_map_sizes(input_size: int) -> dict[str, int]:
-    """Spatial size after conv1, pool1, pool2 and pool5 for a square input."""
+def feature_map_sizes(input_size: int, overlapping_pooling: bool = True) -> dict[str, int]:
+    """Spatial size after conv1, pool1, pool2 and pool5 for a square input.
+
+    3x3/2 and 2x2/2 pooling give the same sizes from odd inputs (55 -> 27 -> 13 -> 6 in the
+    paper's network); from an even one 2x2/2 gives one more.
+    """
+    window = POOL_SIZE if overlapping_pooling else ADJACENT_POOL_SIZE
     conv1 = _conv_output(input_size, 11, 4)
-    pool1 = _conv_output(conv1, 3, 2)
-    pool2 = _conv_output(pool1, 3, 2)
-    pool5 = _conv_output(pool2, 3, 2)
+    pool1 = _conv_output(conv1, window, POOL_STRIDE)
+    pool2 = _conv_output(pool1, window, POOL_STRIDE)
+    pool5 = _conv_output(pool2, window, POOL_STRIDE)
     return {"conv1": conv1, "pool1": pool1, "pool2": pool2, "pool5": pool5}
 
 
@@ -38,6 +48,9 @@ def build_alexnet(
     dropout: float = 0.5,
     bias_init: str = "paper",
     weight_init: str = "paper",
+    lrn: bool = True,
+    overlapping_pooling: bool = True,
+    conv_width: float = 1.0,
     seed: int | None = None,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -58,8 +71,8 @@ def build_alexnet(
       input_size: side of the square RGB input; at least 67, so that pool5 is not empty.
       width: multiplies the channels of every convolution (kept divisible by ``towers``) and
         the units of fc6 and fc7; 1.0 is the paper's network.
-      towers: 2 for the paper's two-GPU connectivity, 1 for the single-tower variant
-        (62,378,344 parameters).
+      towers: 2 for the paper's two-GPU connectivity, 1 for the single-tower variant: full
+        connectivity in conv2, conv4 and conv5 at the same width (62,378,344 parameters).
       dropout: rate of the dropout after fc6 and fc7.
       bias_init: "paper" (biases 1 in conv2, conv4, conv5, fc6, fc7) or "caffe" (0.1 there);
         all other biases are 0.
@@ -68,6 +81,13 @@ def build_alexnet(
         With N(0, 0.01) the signal shrinks from layer to layer, the more so the narrower the
         network, and training sits on a plateau before it starts; scaled-down CPU variants
         use "he" to skip it.
+      lrn: the paper's local response normalisation after conv1 and conv2 (section 3.3);
+        False leaves lrn1 and lrn2 out (the paper's ablation: +1.4 / +1.2 points of error).
+      overlapping_pooling: 3x3 pooling windows at stride 2 (section 3.4); False pools 2x2 at
+        stride 2, the paper's non-overlapping comparison (+0.4 / +0.3 points of error).
+      conv_width: multiplies the channels of the convolutions only, on top of ``width``. The
+        paper's one-GPU comparison (section 3.2: +1.7 / +1.2 points of error) is ``towers=1,
+        conv_width=0.5``: one tower with half the kernels of each convolutional layer.
       seed: makes the initial weights reproducible.
       name: the model's name.
 
@@ -83,12 +103,14 @@ def build_alexnet(
         raise ValueError(f"towers must be at least 1, got {towers}")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
-    sizes = feature_map_sizes(input_size)
+    if conv_width <= 0:
+        raise ValueError(f"conv_width must be positive, got {conv_width}")
+    sizes = feature_map_sizes(input_size, overlapping_pooling)
     if sizes["pool5"] < 1:
         raise ValueError(f"input_size {input_size} is too small: pool5 would be empty (use at least 67)")
 
     def channels(n: int) -> int:
-        return max(towers, round(n * width / towers) * towers)
+        return max(towers, round(n * width * conv_width / towers) * towers)
 
     def units(n: int) -> int:
         return max(1, round(n * width))
@@ -119,7 +141,11 @@ def build_alexnet(
         return layer(x)
 
     def pool(x, layer_name):
-        return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)(x)
+        window = POOL_SIZE if overlapping_pooling else ADJACENT_POOL_SIZE
+        return keras.layers.MaxPooling2D(pool_size=window, strides=POOL_STRIDE, name=layer_name)(x)
+
+    def normalise(x, layer_name):
+        return LocalResponseNormalization(name=layer_name)(x) if lrn else x
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     x = inputs
@@ -129,9 +155,9 @@ def build_alexnet(
         # its weights (shrunk weights would see 58^2 times larger relative steps).
         x = keras.layers.Rescaling(1.0 / PIXEL_STDDEV, name="pixel_scale")(x)
     x = conv(x, "conv1", 96, 11, stride=4)
-    x = pool(LocalResponseNormalization(name="lrn1")(x), "pool1")
+    x = pool(normalise(x, "lrn1"), "pool1")
     x = conv(x, "conv2", 256, 5, split=towers)
-    x = pool(LocalResponseNormalization(name="lrn2")(x), "pool2")
+    x = pool(normalise(x, "lrn2"), "pool2")
     x = conv(x, "conv3", 384, 3)
     x = conv(x, "conv4", 384, 3, split=towers)
     x = conv(x, "conv5", 256, 3, split=towers)
@@ -156,5 +182,8 @@ def build_from_config(config, seed: int | None = None) -> keras.Model:
         dropout=config.dropout,
         bias_init=config.bias_init,
         weight_init=config.weight_init,
+        lrn=config.lrn,
+        overlapping_pooling=config.overlapping_pooling,
+        conv_width=config.conv_width,
         seed=seed,
     )

@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import data, distribute, evaluation, export, statistics
+from alexnet_tf import curves, data, distribute, evaluation, export, statistics
 from alexnet_tf import model as model_lib
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
@@ -444,6 +444,7 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         path = os.path.join(workdir, workdir_lib.MODEL_FILE)
         trainer.model.save(path)
         results["model"] = os.path.abspath(path)
+        results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
         return results
     wnids, names = evaluation.data_class_labels(config.num_classes, inputs.data_dir)

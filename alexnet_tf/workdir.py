@@ -43,12 +43,13 @@ MODEL_FILE = "model.keras"
 EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
 REPORT_DIR = "evaluation"
 SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"  # learning curves drawn from the logs (curves.py)
 CHECKPOINTS_TO_KEEP = 3
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
 # Config fields that change the model's variables: a resumed run must keep them.
-MODEL_FIELDS = ("num_classes", "input_size", "width", "towers")
+MODEL_FIELDS = ("num_classes", "input_size", "width", "towers", "conv_width", "lrn", "overlapping_pooling")
 
 
 def _directory_of(path: str) -> str:

@@ -18,6 +18,9 @@ PAPER_RECIPE = {
     "dropout": 0.5,  # section 4.2
     "bias_init": "paper",  # section 5: biases 1 in conv2/4/5, fc6/7
     "weight_init": "paper",  # section 5: N(0, 0.01)
+    "lrn": True,  # section 3.3: LRN after conv1 and conv2
+    "overlapping_pooling": True,  # section 3.4: z = 3, s = 2
+    "conv_width": 1.0,  # section 3.5: 96, 256, 384, 384, 256 kernels
     "image_size": 256,  # section 2
     "mean_subtraction": "image",  # section 2: the mean activity over the training set, per pixel
     "pca_std": 0.1,  # section 4.1

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_tf import build_alexnet, get_config
+from alexnet_tf import model as model_lib
 from alexnet_tf.export import xla_must_compile_functions
 from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.model import build_from_config
@@ -211,3 +212,118 @@ def test_dropout_half_after_fc6_and_fc7_only(paper_model):
         assert set(np.unique(dropped)) == {0.0, 6.0}, layer.name
         assert abs((dropped == 0).mean() - 0.5) < 0.01, layer.name
         np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
+
+
+# The paper's ablations (sections 3.2-3.4, 4.1-4.2): each switch off builds the network the
+# paper compared against, and nothing else changes.
+
+
+def _chain(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def _output_shapes(model: keras.Model) -> dict[str, tuple]:
+    return {name: tuple(model.get_layer(name).output.shape[1:]) for name in PAPER_SHAPES}
+
+
+def test_lrn_off_leaves_out_lrn1_and_lrn2_only():
+    model = build_alexnet(lrn=False, seed=0)
+    assert not [layer for layer in model.layers if isinstance(layer, LocalResponseNormalization)]
+    assert _chain(model) == [name for name in PAPER_LAYER_CHAIN if name not in ("lrn1", "lrn2")]
+    # The pooling reads the ReLU'd convolution directly.
+    for pool, conv in (("pool1", "conv1"), ("pool2", "conv2")):
+        assert model.get_layer(pool).input._keras_history.operation.name == conv
+    assert _output_shapes(model) == PAPER_SHAPES
+    assert model.count_params() == 60_965_224  # LRN has no parameters
+
+
+def test_non_overlapping_pooling_is_2x2_stride_2_with_the_papers_sizes():
+    """Section 3.4's comparison: s = z = 2 "produces output of equivalent dimensions"."""
+    model = build_alexnet(overlapping_pooling=False, seed=0)
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [layer.name for layer in pools] == ["pool1", "pool2", "pool5"]
+    for layer in pools:
+        assert tuple(layer.pool_size) == (2, 2) and tuple(layer.strides) == (2, 2), layer.name
+        assert layer.padding == "valid", layer.name
+    # 55 -> 27 -> 13 -> 6, as with 3x3/2: (55 - 2) // 2 + 1 = 27, (27 - 2) // 2 + 1 = 13, ...
+    assert _output_shapes(model) == PAPER_SHAPES
+    assert _chain(model) == list(PAPER_LAYER_CHAIN)
+    assert model.count_params() == 60_965_224
+    # The windows are disjoint: a hot pixel reaches exactly one output of pool1.
+    hot = np.zeros((1, 4, 4, 1), np.float32)
+    hot[0, 1, 1, 0] = 1.0
+    np.testing.assert_array_equal(model.get_layer("pool1")(hot).numpy()[0, ..., 0], [[1.0, 0.0], [0.0, 0.0]])
+    # The Imagenette preset's input (99: conv1 23 -> 11 -> 5 -> 2) keeps its sizes too.
+    imagenette = get_config("imagenette")
+    assert model_lib.feature_map_sizes(imagenette.input_size, overlapping_pooling=False) == \
+        model_lib.feature_map_sizes(imagenette.input_size) == {"conv1": 23, "pool1": 11, "pool2": 5, "pool5": 2}
+
+
+def test_one_tower_is_fully_connected_at_the_same_width():
+    """``towers=1``: conv2, conv4, conv5 see every channel of their input, with the paper's widths."""
+    model = build_alexnet(towers=1, seed=0)
+    paper = build_alexnet(seed=0)
+    assert _output_shapes(model) == PAPER_SHAPES
+    assert _chain(model) == list(PAPER_LAYER_CHAIN)
+    kernels = {"conv2": (5, 5, 96, 256), "conv4": (3, 3, 384, 384), "conv5": (3, 3, 384, 256)}
+    for name, shape in kernels.items():
+        assert model.get_layer(name).towers == 1, name
+        assert tuple(model.get_layer(name).kernel.shape) == shape, name
+        # The two-tower kernel reads half the input channels.
+        assert tuple(paper.get_layer(name).kernel.shape) == shape[:2] + (shape[2] // 2, shape[3]), name
+    # Functionally: with one tower, conv2's first output channel responds to the second half
+    # of its input channels; with two towers it cannot.
+    small = {"num_classes": 10, "input_size": 67, "width": 0.25, "seed": 1, "bias_init": "caffe"}
+    for towers, responds in ((1, True), (2, False)):
+        conv2 = build_alexnet(towers=towers, **small).get_layer("conv2")
+        x = np.random.default_rng(0).uniform(size=(1, 7, 7, 24)).astype(np.float32)
+        bumped = x.copy()
+        bumped[..., 12:] += 1.0
+        changed = not np.allclose(conv2(x).numpy()[..., :16], conv2(bumped).numpy()[..., :16])
+        assert changed == responds, towers
+
+
+def test_one_tower_at_half_the_kernels_is_the_papers_one_gpu_net():
+    """Section 3.2: the two-GPU net against one GPU with half the kernels in each conv layer."""
+    model = build_alexnet(towers=1, conv_width=0.5, seed=0)
+    channels = {"conv1": 48, "conv2": 128, "conv3": 192, "conv4": 192, "conv5": 128}
+    for name, count in channels.items():
+        assert model.get_layer(name).output.shape[-1] == count, name
+        assert model.get_layer(name).towers == 1, name
+    # The fully connected layers keep the paper's width.
+    assert model.get_layer("fc6").output.shape[-1] == 4096
+    assert model.get_layer("fc7").output.shape[-1] == 4096
+    assert model.get_layer("pool5").output.shape[1:] == (6, 6, 128)
+    # conv1 11*11*3*48 + 48       =     17,472
+    # conv2 5*5*48*128 + 128      =    153,728
+    # conv3 3*3*128*192 + 192     =    221,376
+    # conv4 3*3*192*192 + 192     =    331,968
+    # conv5 3*3*192*128 + 128     =    221,312
+    # fc6   6*6*128*4096 + 4096   = 18,878,464
+    # fc7   4096*4096 + 4096      = 16,781,312
+    # fc8   4096*1000 + 1000      =  4,097,000
+    # total                       = 40,702,632
+    assert model.count_params() == 40_702_632
+
+
+def test_dropout_zero_passes_fc6_and_fc7_through():
+    model = build_alexnet(num_classes=10, input_size=67, width=0.125, dropout=0.0, seed=0)
+    assert _chain(model) == list(PAPER_LAYER_CHAIN)
+    x = np.random.default_rng(0).uniform(1, 2, size=(8, 512)).astype(np.float32)
+    for name in ("dropout6", "dropout7"):
+        layer = model.get_layer(name)
+        assert layer.rate == 0.0
+        np.testing.assert_array_equal(layer(x, training=True).numpy(), x)
+
+
+def test_ablation_switches_reach_the_model_from_the_config():
+    tiny = get_config("tiny")
+    assert (tiny.lrn, tiny.overlapping_pooling, tiny.conv_width, tiny.towers) == (True, True, 1.0, 2)
+    assert not [n for n in _chain(build_from_config(tiny.replace(lrn=False))) if n.startswith("lrn")]
+    assert build_from_config(tiny.replace(overlapping_pooling=False)).get_layer("pool1").pool_size == (2, 2)
+    assert build_from_config(tiny).get_layer("conv1").output.shape[-1] == 12
+    half = build_from_config(tiny.replace(towers=1, conv_width=0.5))
+    assert half.get_layer("conv1").output.shape[-1] == 6
+    assert half.get_layer("conv4").towers == 1
+    assert half.get_layer("fc6").output.shape[-1] == 512  # the fc layers keep the width
+    assert build_from_config(tiny.replace(dropout=0.0)).get_layer("dropout6").rate == 0.0

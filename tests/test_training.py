@@ -195,6 +195,9 @@ def test_built_in_data_end_to_end(tmp_path):
     assert report["num_images"] == 20
     assert summary["val_top1_error"] == report["center_crop"]["top1_error"]
     assert summary["val_ten_crop_top1_error"] == report["ten_crop"]["top1_error"]
+    # The run's curves, drawn at its end from its logs, linked from the evaluation report.
+    assert summary["curves"] == str(tmp_path / "run" / "curves.png") and os.path.exists(summary["curves"])
+    assert "(../curves.png)" in (tmp_path / "run" / "evaluation" / "report.md").read_text()
     # Class names come from the drawn data set's metadata, through the export.
     assert (pathlib.Path(data_dir) / records.METADATA_FILE).read_text().splitlines()[0].endswith("\tdisc")
 
