@@ -179,15 +179,20 @@ def test_random_flip_known_answer_and_probability():
     assert 160 <= flipped <= 240  # p = 0.5: 200 +- 4 standard deviations
 
 
+def _pca_offsets(stats, draws: int, seed: int) -> np.ndarray:
+    """``draws`` colour offsets, one per image seed ``(i, seed)``, drawn inside ``Dataset.map``."""
+    dataset = (
+        tf.data.Dataset.range(draws)
+        .map(lambda i: preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.stack([i, seed])))
+        .batch(draws)
+    )
+    return next(iter(dataset)).numpy().astype(np.float64)
+
+
 def test_pca_offset_zero_mean_and_expected_covariance(stats):
     """Over many draws the noise has mean 0 and covariance V diag((0.1 lambda)^2) V^T."""
     draws = 20_000
-    dataset = (
-        tf.data.Dataset.range(draws)
-        .map(lambda i: preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.stack([i, 17])))
-        .batch(draws)
-    )
-    offsets = next(iter(dataset)).numpy().astype(np.float64)
+    offsets = _pca_offsets(stats, draws, seed=17)
     vectors, values = stats.eigenvectors.astype(np.float64), stats.eigenvalues.astype(np.float64)
     expected = vectors @ np.diag((0.1 * values) ** 2) @ vectors.T
     spread = np.sqrt(np.diag(expected))
@@ -207,12 +212,7 @@ def test_pca_noise_variance_per_eigen_direction(stats):
     tolerance (20,000 draws: the sampling error of a variance is 1%).
     """
     draws = 20_000
-    dataset = (
-        tf.data.Dataset.range(draws)
-        .map(lambda i: preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.stack([i, 23])))
-        .batch(draws)
-    )
-    offsets = next(iter(dataset)).numpy().astype(np.float64)
+    offsets = _pca_offsets(stats, draws, seed=23)
     vectors, values = stats.eigenvectors.astype(np.float64), stats.eigenvalues.astype(np.float64)
     coordinates = offsets @ vectors  # column i: the offset's component along p_i
     for i in range(3):
