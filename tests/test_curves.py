@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf import curves, training
+from alexnet_tf import curves
+from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.evaluation import REPORT_MD, write_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,13 +33,13 @@ def _validation_figures(epoch: int) -> dict[str, float]:
 
 def _log(workdir: str, epochs: range, partial_steps: int = 0) -> None:
     """Logs as training does (its writers), for whole epochs and then ``partial_steps`` more."""
-    writers = training._summary_writers(workdir, chief=True)
+    writers = workdir_lib.summary_writers(workdir, chief=True)
     for epoch in epochs:
         for step in range((epoch - 1) * STEPS + 1, epoch * STEPS + 1):
-            training._write_scalars(writers["train"], step, _train_figures(step))
-        training._write_scalars(writers["validation"], epoch * STEPS, _validation_figures(epoch))
+            workdir_lib.write_scalars(writers["train"], step, _train_figures(step))
+        workdir_lib.write_scalars(writers["validation"], epoch * STEPS, _validation_figures(epoch))
     for step in range(epochs[-1] * STEPS + 1, epochs[-1] * STEPS + 1 + partial_steps):
-        training._write_scalars(writers["train"], step, _train_figures(step))
+        workdir_lib.write_scalars(writers["train"], step, _train_figures(step))
     for writer in writers.values():
         writer.flush()
         writer.close()
@@ -74,10 +75,10 @@ def test_a_resumed_run_keeps_the_figures_logged_last(tmp_path):
     """A run killed after epoch 2's checkpoint logged epoch 3 twice; the resumed values count."""
     workdir = str(tmp_path / "run")
     _log(workdir, range(1, 3), partial_steps=3)  # killed 3 steps into epoch 3
-    writers = training._summary_writers(workdir, chief=True)  # the resumed run: new event files
+    writers = workdir_lib.summary_writers(workdir, chief=True)  # the resumed run: new event files
     for step in range(2 * STEPS + 1, 3 * STEPS + 1):
-        training._write_scalars(writers["train"], step, {**_train_figures(step), "loss": 7.0})
-    training._write_scalars(writers["validation"], 3 * STEPS, _validation_figures(3))
+        workdir_lib.write_scalars(writers["train"], step, {**_train_figures(step), "loss": 7.0})
+    workdir_lib.write_scalars(writers["validation"], 3 * STEPS, _validation_figures(3))
     for writer in writers.values():
         writer.close()
     drawn = curves.draw_curves(workdir, steps_per_epoch=STEPS)
