@@ -202,7 +202,7 @@ def export_saved_model(
         serve_images,
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=FLOAT_INPUT)],
     )
-    archive.write_out(export_dir, verbose=False)
+    archive.write_out(paths.prepare_rewrite(export_dir), verbose=False)
 
     paths.makedirs(os.path.join(export_dir, "assets.extra"))
     paths.write_text(os.path.join(export_dir, CONFIG_FILE), config.to_json())

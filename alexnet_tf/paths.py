@@ -133,9 +133,30 @@ def read_json(path: str) -> Any:
     return json.loads(read_text(path))
 
 
+def prepare_rewrite(path: str) -> str:
+    """Deletes ``path`` (a file or a directory) before it is written again, on ``ram://`` only.
+
+    TensorFlow's ``ram://`` file system appends to an existing file opened for writing instead
+    of replacing it (local files and ``gs://`` objects are replaced), which would corrupt a
+    rewritten ``summary.json``, ``model.keras`` or SavedModel.
+    """
+    if scheme(path) == "ram" and tf.io.gfile.exists(path):
+        if tf.io.gfile.isdir(path):
+            # File by file, level by level: ram://'s rmtree and walk trip over a SavedModel's
+            # names (assets/ beside assets.extra/); its glob lists them right.
+            pattern = path.rstrip("/")
+            while found := tf.io.gfile.glob(pattern := pattern + "/*"):
+                for name in found:
+                    if not tf.io.gfile.isdir(name):
+                        tf.io.gfile.remove(name)
+        else:
+            tf.io.gfile.remove(path)
+    return path
+
+
 def write_bytes(path: str, data: bytes) -> str:
     """Writes ``data`` to ``path`` (a reader may see a partial file: see ``write_atomically``)."""
-    with tf.io.gfile.GFile(path, "wb") as f:
+    with tf.io.gfile.GFile(prepare_rewrite(path), "wb") as f:
         f.write(data)
     return path
 

@@ -446,7 +446,7 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
     results: dict[str, Any] = {}
     if chief:
         path = os.path.join(workdir, workdir_lib.MODEL_FILE)
-        trainer.model.save(path)
+        trainer.model.save(paths.prepare_rewrite(path))
         results["model"] = paths.absolute(path)
         results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
