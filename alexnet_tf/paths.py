@@ -14,6 +14,7 @@ names; the converter's manifest, written last, is what says which files are comp
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -209,5 +210,6 @@ def save_figure(figure: Any, path: str, **options: Any) -> str:
 
 def remove_tree(path: str) -> None:
     """Deletes the directory ``path`` and everything in it, if it exists."""
-    if tf.io.gfile.exists(path):
+    # Nothing there (or deleted meanwhile) is the wanted end state.
+    with contextlib.suppress(tf.errors.NotFoundError):
         tf.io.gfile.rmtree(path)
