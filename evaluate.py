@@ -19,7 +19,7 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import curves, distribute, evaluation, export, imagenet, statistics  # noqa: E402
+from alexnet_tf import curves, distribute, evaluation, export, imagenet, paths, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
@@ -50,8 +50,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
     if FLAGS.export_dir and not FLAGS.checkpoint:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
+    for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets"):
+        if FLAGS[flag].value:
+            try:
+                paths.check_supported(FLAGS[flag].value, f"--{flag}")
+            except paths.UnsupportedPathError as e:
+                raise app.UsageError(str(e)) from e
     if FLAGS.curves:
-        if not (FLAGS.checkpoint and os.path.isdir(FLAGS.checkpoint)):
+        if not (FLAGS.checkpoint and paths.isdir(FLAGS.checkpoint)):
             raise app.UsageError("--curves needs --checkpoint=WORKDIR, a training work directory (logs/ inside)")
         # Before the evaluation, so that its report.md links the picture.
         drawn = curves.draw_curves(FLAGS.checkpoint)
@@ -73,7 +79,7 @@ def main(argv: list[str]) -> None:
     if not data_dir:
         raise app.UsageError("--data_dir is required: the run's configuration names no data_dir")
     synsets = FLAGS.synsets
-    if not synsets and os.path.exists(os.path.join(data_dir, SYNSETS_FILE)):
+    if not synsets and paths.exists(os.path.join(data_dir, SYNSETS_FILE)):
         synsets = os.path.join(data_dir, SYNSETS_FILE)
     labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None

@@ -28,7 +28,7 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import distribute, export, imagenette, synthetic_data, training  # noqa: E402
+from alexnet_tf import distribute, export, imagenette, paths, synthetic_data, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
 
@@ -45,7 +45,8 @@ flags.DEFINE_enum("dataset", None, sorted(DATASET_PRESETS),
                   "download); records: --data_dir; synthetic: random tensors. Default: records with "
                   "--data_dir, else shapes.")
 flags.DEFINE_string("preset", None, f"one of {sorted(config_lib.PRESETS)}; default follows --dataset")
-flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go; default runs/<preset>")
+flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go (local or gs://...); "
+                    "default runs/<preset>")
 flags.DEFINE_string("imagenette_dir", None, "Imagenette JPEG folders (train/, val/); default: download")
 flags.DEFINE_bool("synthetic", False, "same as --dataset=synthetic")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (default all visible; 0 for the CPU)")
@@ -67,10 +68,16 @@ def main(argv: list[str]) -> int:
     if config.export_precision not in export.PRECISIONS:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
     workdir = FLAGS.workdir or os.path.join("runs", preset)
+    for path, flag in ((workdir, "--workdir"), (config.data_dir, "--data_dir")):
+        if path:
+            try:
+                paths.check_supported(path, flag)
+            except paths.UnsupportedPathError as e:
+                raise app.UsageError(str(e)) from e
     data_root = os.path.join(workdir, workdir_lib.DATA_DIR)
     what = DATASET_DESCRIPTIONS[dataset].format(data_root=data_root, data_dir=config.data_dir,
                                                  imagenette=FLAGS.imagenette_dir or "the download")
-    logging.info("Data set %s: %s; preset %s; results in %s", dataset, what, preset, os.path.abspath(workdir))
+    logging.info("Data set %s: %s; preset %s; results in %s", dataset, what, preset, paths.absolute(workdir))
     try:
         if dataset == "shapes":
             config = config.replace(data_dir=synthetic_data.prepare_shapes(data_root, seed=config.seed))

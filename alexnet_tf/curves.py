@@ -12,8 +12,6 @@ logged figures (every step has a full batch, so that is the epoch's figure).
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import math
 import os
 
@@ -22,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.util import event_pb2
 
+from alexnet_tf import paths
 from alexnet_tf.workdir import CONFIG_FILE, CURVES_FILE, LOG_DIR
 
 SPLITS = ("train", "validation")
@@ -58,7 +57,7 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
     last (by wall time) is the one kept, as it belongs to the run that went on.
     """
     events = []
-    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
         try:
             for record in tf.data.TFRecordDataset(path):
                 event = event_pb2.Event.FromString(record.numpy())
@@ -82,9 +81,8 @@ def _steps_per_epoch(workdir: str, validation_steps: list[int]) -> int:
     if validation_steps:
         return math.gcd(*validation_steps)
     config_path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            steps = int(json.load(f).get("steps_per_epoch", 0))
+    if paths.exists(config_path):
+        steps = int(paths.read_json(config_path).get("steps_per_epoch", 0))
         if steps:
             return steps
     raise ValueError(f"{os.path.join(workdir, LOG_DIR, 'validation')} holds no validation figures and "
@@ -186,10 +184,10 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
     error_axes.set_title("Top-1 and top-5 error")
     final = figures["validation"]["top1_error"][1]
     summary = f", last validation top-1 error {100 * final[-1]:.1f} %" if len(final) else ""
-    figure.suptitle(f"{os.path.basename(os.path.abspath(workdir))}: {steps} steps per epoch{summary}",
+    figure.suptitle(f"{os.path.basename(paths.absolute(workdir).rstrip('/'))}: {steps} steps per epoch{summary}",
                     fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    paths.save_figure(figure, path, dpi=DPI)
     plt.close(figure)
     logging.info("Wrote %s", path)
     return Curves(path=path, steps_per_epoch=steps, lines=lines, lr_drops=drops)
@@ -198,7 +196,7 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
 def draw_run_curves(workdir: str, steps_per_epoch: int) -> str | None:
     """``draw_curves`` at the end of a run: the PNG's path, or None when nothing was logged."""
     try:
-        return os.path.abspath(draw_curves(workdir, steps_per_epoch).path)
+        return paths.absolute(draw_curves(workdir, steps_per_epoch).path)
     except FileNotFoundError as e:
         logging.warning("%s; no %s drawn", e, CURVES_FILE)
         return None

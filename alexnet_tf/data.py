@@ -11,7 +11,6 @@ reads the records in a new order, and a validation pipeline; from the converter'
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
@@ -19,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import imagenet, preprocess, records, statistics
+from alexnet_tf import imagenet, paths, preprocess, records, statistics
 from alexnet_tf.config import Config
 from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
@@ -44,7 +43,7 @@ def file_pattern(data_dir: str, split: str) -> str:
     """
     if split not in SPLIT_PREFIXES:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_PREFIXES)}")
-    pattern = os.path.join(data_dir, records.shard_glob(SPLIT_PREFIXES[split]))
+    pattern = os.path.join(paths.check_supported(data_dir, "--data_dir"), records.shard_glob(SPLIT_PREFIXES[split]))
     if not tf.io.gfile.glob(pattern):
         raise FileNotFoundError(
             f"no {split} shards ({os.path.basename(pattern)}) in {data_dir!r}: check --data_dir, "
@@ -68,7 +67,7 @@ def check_labels(data_dir: str, split: str, config: Config) -> None:
         the synsets file when a record's wnid is not in it.
     """
     synsets_path = os.path.join(data_dir, SYNSETS_FILE)
-    if os.path.exists(synsets_path):
+    if paths.exists(synsets_path):
         wnids = imagenet.load_synsets(synsets_path)
     elif config.num_classes == 1000:
         synsets_path, wnids = imagenet.DEFAULT_SYNSETS_FILE, imagenet.load_synsets()
@@ -346,11 +345,10 @@ def manifest_record_count(data_dir: str, split: str) -> int | None:
       ValueError: naming the manifest when it is not a converter manifest.
     """
     manifest_path = os.path.join(data_dir, records.MANIFEST_FILE)
-    if not os.path.exists(manifest_path):
+    if not paths.exists(manifest_path):
         return None
     try:
-        with open(manifest_path, encoding="utf-8") as f:
-            splits = json.load(f).get("splits", {})
+        splits = paths.read_json(manifest_path).get("splits", {})
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{manifest_path} is not a converter manifest ({e}); re-run the converter") from e
     prefix = SPLIT_PREFIXES[split]

@@ -11,7 +11,6 @@ so memory does not grow with the number of classes times images.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, imagenet
+from alexnet_tf import data, imagenet, paths
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
@@ -226,14 +225,14 @@ def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[lis
         raise ValueError(f"{synsets_file or imagenet.DEFAULT_SYNSETS_FILE} lists {len(wnids)} wnids, "
                          f"the model has {num_classes} classes")
     beside = os.path.join(os.path.dirname(synsets_file), METADATA_FILE) if synsets_file else ""
-    metadata = imagenet.load_metadata(beside if beside and os.path.exists(beside) else None)
+    metadata = imagenet.load_metadata(beside if beside and paths.exists(beside) else None)
     return wnids, [metadata.get(wnid, wnid) for wnid in wnids]
 
 
 def data_class_labels(num_classes: int, data_dir: str) -> tuple[list[str], list[str]]:
     """``(wnids, names)`` for the export: beside the shards, else ImageNet's, else ``class_i``."""
     synsets = os.path.join(data_dir, SYNSETS_FILE) if data_dir else ""
-    if synsets and os.path.exists(synsets):
+    if synsets and paths.exists(synsets):
         try:
             return class_labels(num_classes, synsets)
         except ValueError as e:
@@ -380,14 +379,12 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], report_dir: str) -> None:
     """Writes ``report.json`` and ``report.md`` to ``report_dir``, linking the run's curves if drawn."""
-    os.makedirs(report_dir, exist_ok=True)
+    paths.makedirs(report_dir)
     # The run's curves (curves.py) beside the report or in the work directory that holds it.
-    for directory in (report_dir, os.path.dirname(os.path.abspath(report_dir))):
-        if os.path.exists(os.path.join(directory, CURVES_FILE)):
+    for directory in (report_dir, os.path.dirname(paths.absolute(report_dir))):
+        if paths.exists(os.path.join(directory, CURVES_FILE)):
             report["curves"] = os.path.relpath(os.path.join(directory, CURVES_FILE), report_dir)
             break
-    with open(os.path.join(report_dir, REPORT_JSON), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(report_dir, REPORT_MD), "w", encoding="utf-8") as f:
-        f.write(report_markdown(report))
+    paths.write_json(os.path.join(report_dir, REPORT_JSON), report)
+    paths.write_text(os.path.join(report_dir, REPORT_MD), report_markdown(report))
     logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import preprocess
+from alexnet_tf import paths, preprocess
 from alexnet_tf.config import Config
 from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.statistics import DatasetStatistics
@@ -202,13 +202,12 @@ def export_saved_model(
         serve_images,
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=FLOAT_INPUT)],
     )
-    archive.write_out(export_dir, verbose=False)
+    archive.write_out(paths.prepare_rewrite(export_dir), verbose=False)
 
-    os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
-    with open(os.path.join(export_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        f.write(config.to_json())
-    with open(os.path.join(export_dir, LABELS_FILE), "w", encoding="utf-8") as f:
-        f.writelines(f"{index}\t{wnid}\t{name}\n" for index, (wnid, name) in enumerate(zip(wnids, names)))
+    paths.makedirs(os.path.join(export_dir, "assets.extra"))
+    paths.write_text(os.path.join(export_dir, CONFIG_FILE), config.to_json())
+    paths.write_text(os.path.join(export_dir, LABELS_FILE),
+                     "".join(f"{index}\t{wnid}\t{name}\n" for index, (wnid, name) in enumerate(zip(wnids, names))))
     # The training set's statistics beside the graph that embeds them: evaluate.py --saved_model
     # preprocesses its float views with these, as training did.
     stats.save(export_dir)
@@ -220,10 +219,9 @@ def export_saved_model(
 def load_config(export_dir: str) -> Config:
     """The configuration ``export_saved_model`` wrote beside the SavedModel."""
     path = os.path.join(export_dir, CONFIG_FILE)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} not found: {export_dir} was not written by export_saved_model")
-    with open(path, encoding="utf-8") as f:
-        return Config.from_json(f.read())
+    return Config.from_json(paths.read_text(path))
 
 
 def load_predictor(export_dir: str) -> tuple[Callable[[tf.Tensor], tf.Tensor], Config]:
@@ -251,8 +249,7 @@ def xla_must_compile_functions(export_dir: str) -> list[str]:
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
+    saved.ParseFromString(paths.read_bytes(os.path.join(export_dir, "saved_model.pb")))
     found = []
     for meta_graph in saved.meta_graphs:
         for function in meta_graph.graph_def.library.function:

@@ -14,6 +14,7 @@ which is imported only here, only when a figure is drawn.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import textwrap
@@ -24,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_tf import data, imagenet, preprocess
+from alexnet_tf import paths as paths_lib
 from alexnet_tf.config import Config
 from alexnet_tf.statistics import load_statistics
 
@@ -51,9 +53,10 @@ FIGURE4_NEIGHBOURS_FILE = "figure4_neighbours.png"
 def _save_rgb(image: np.ndarray, path: str) -> str:
     import matplotlib.image
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    matplotlib.image.imsave(path, image)
-    return path
+    buffer = io.BytesIO()  # matplotlib writes local files only; the bytes go through tf.io.gfile
+    matplotlib.image.imsave(buffer, image, format="png")
+    paths_lib.makedirs(os.path.dirname(path) or ".")
+    return paths_lib.write_bytes(path, buffer.getvalue())
 
 
 def kernel_grid(kernel: np.ndarray, towers: int = 2) -> np.ndarray:
@@ -163,8 +166,8 @@ def plot_predictions(
         bars.invert_yaxis()
         bars.set_yticks([])
         bars.tick_params(axis="x", labelsize=6)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    paths_lib.makedirs(os.path.dirname(path) or ".")
+    paths_lib.save_figure(figure, path, dpi=DPI)
     plt.close(figure)
     return path
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import os
 
+from alexnet_tf import paths
+
 _RESOURCES = os.path.join(os.path.dirname(__file__), "resources")
 DEFAULT_SYNSETS_FILE = os.path.join(_RESOURCES, "imagenet_lsvrc_2015_synsets.txt")
 DEFAULT_METADATA_FILE = os.path.join(_RESOURCES, "imagenet_metadata.txt")
@@ -21,8 +23,7 @@ def load_synsets(path: str | None = None) -> list[str]:
       ValueError: naming the file, when a line is not a wnid or a wnid repeats.
     """
     path = path or DEFAULT_SYNSETS_FILE
-    with open(path, encoding="utf-8") as f:
-        synsets = [line.strip() for line in f if line.strip()]
+    synsets = [line.strip() for line in paths.read_text(path).splitlines() if line.strip()]
     for number, wnid in enumerate(synsets, start=1):
         if not (wnid.startswith("n") and wnid[1:].isdigit()):
             raise ValueError(f"{path}: entry {number} ({wnid!r}) is not a wnid like n01440764")
@@ -37,15 +38,13 @@ def load_metadata(path: str | None = None) -> dict[str, str]:
     """``{wnid: human-readable names}`` from a ``wnid<TAB>names`` file."""
     path = path or DEFAULT_METADATA_FILE
     names = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if "\t" not in line:
-                raise ValueError(f"{path}: line {number} is not 'wnid<TAB>names'")
-            wnid, text = line.split("\t", 1)
-            names[wnid.strip()] = text.strip()
+    for number, line in enumerate(paths.read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise ValueError(f"{path}: line {number} is not 'wnid<TAB>names'")
+        wnid, text = line.split("\t", 1)
+        names[wnid.strip()] = text.strip()
     return names
 
 

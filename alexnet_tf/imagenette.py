@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import tempfile
 from typing import Any
 
 from absl import logging
 
-from alexnet_tf import converter
+from alexnet_tf import converter, paths
 
 IMAGENETTE_URLS = {
     160: "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
@@ -57,6 +58,8 @@ def download_imagenette(
         raise converter.ConversionError(f"--imagenette_size must be one of {sorted(IMAGENETTE_URLS)}, got {size}")
     url = url or IMAGENETTE_URLS[size]
     sha256 = sha256 or IMAGENETTE_SHA256[size]
+    # The archive and its JPEG folders are the converter's input, which it reads with os.scandir
+    # and open(): a local directory (convert_imagenette picks one when its output is remote).
     download_directory = os.path.abspath(download_directory)
     os.makedirs(download_directory, exist_ok=True)
     archive_name = os.path.basename(url.split("?")[0])
@@ -103,11 +106,12 @@ def download_imagenette(
 
 
 def write_synsets(train_directory: str, path: str) -> str:
-    """Writes the wnids of ``train_directory``'s class folders, sorted (labels 0..9), to ``path``."""
+    """Writes the wnids of ``train_directory``'s class folders, sorted (labels 0..9), to ``path``.
+
+    ``train_directory`` is the converter's local input; ``path`` may be remote.
+    """
     wnids = sorted(name for name in os.listdir(train_directory) if os.path.isdir(os.path.join(train_directory, name)))
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(wnid + "\n" for wnid in wnids)
-    return path
+    return paths.write_text(path, "".join(wnid + "\n" for wnid in wnids))
 
 
 def convert_imagenette(
@@ -130,7 +134,8 @@ def convert_imagenette(
 
     Args:
       output_directory: where the shards go.
-      download_directory: where the archive is kept; default ``output_directory``.
+      download_directory: where the archive is kept; default ``output_directory`` (a local
+        temporary directory when that is not local).
       size, url, sha256: as for :func:`download_imagenette`.
       labels_file: class wnids in label order.
       source_directory: Imagenette's ``train/`` and ``val/`` folders already on disk; then
@@ -145,14 +150,19 @@ def convert_imagenette(
       ConversionError: as :func:`download_imagenette`, or ``source_directory`` has no ``train/``.
     """
     if source_directory is None:
-        source_directory = download_imagenette(download_directory or output_directory, size, url, sha256)
+        download_directory = download_directory or output_directory
+        if not paths.is_local(download_directory):
+            # The download is the converter's input, which must be local; only the records go there.
+            download_directory = os.path.join(tempfile.gettempdir(), "alexnet_tf_imagenette")
+            logging.info("Downloading Imagenette into %s: the converter reads local folders", download_directory)
+        source_directory = download_imagenette(download_directory, size, url, sha256)
     train, val = os.path.join(source_directory, "train"), os.path.join(source_directory, "val")
-    if not os.path.isdir(train):
+    if not os.path.isdir(train):  # the converter's input folders are local
         raise converter.ConversionError(
             f"--imagenette_dir={source_directory}: no train/ folder of <wnid>/ image folders"
         )
     if labels_file is None:
-        os.makedirs(output_directory, exist_ok=True)
+        paths.makedirs(output_directory)
         labels_file = write_synsets(train, os.path.join(output_directory, SYNSETS_FILE))
     return converter.convert(
         train_directory=train,

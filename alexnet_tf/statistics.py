@@ -8,12 +8,13 @@ All values are on the 0-255 pixel scale, channels in RGB order.
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import os
 
 import numpy as np
 from absl import logging
 
+from alexnet_tf import paths
 from alexnet_tf.records import MEAN_IMAGE_FILE, STATISTICS_FILE
 
 # Published ImageNet values (fb.resnet.torch, computed on [0, 1] pixels; scaled here to 0-255).
@@ -62,9 +63,8 @@ class DatasetStatistics:
             "mean_image_file": MEAN_IMAGE_FILE if self.mean_image is not None else None,
         }
         if self.mean_image is not None:
-            np.save(os.path.join(directory, MEAN_IMAGE_FILE), self.mean_image.astype(np.float32))
-        with open(os.path.join(directory, STATISTICS_FILE), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+            paths.save_npy(os.path.join(directory, MEAN_IMAGE_FILE), self.mean_image.astype(np.float32))
+        paths.write_json(os.path.join(directory, STATISTICS_FILE), record)
 
 
 def imagenet_statistics() -> DatasetStatistics:
@@ -84,12 +84,11 @@ def load_statistics(data_dir: str | None) -> DatasetStatistics:
       ValueError: naming the file, when ``statistics.json`` exists but is malformed.
     """
     path = os.path.join(data_dir, STATISTICS_FILE) if data_dir else ""
-    if not path or not os.path.exists(path):
+    if not path or not paths.exists(path):
         logging.warning("No %s in %r: using the published ImageNet statistics.", STATISTICS_FILE, data_dir)
         return imagenet_statistics()
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = paths.read_json(path)
         stats = DatasetStatistics(
             mean_rgb=np.array(record["mean_rgb"], np.float32).reshape(3),
             std_rgb=np.array(record["std_rgb"], np.float32).reshape(3),
@@ -102,9 +101,9 @@ def load_statistics(data_dir: str | None) -> DatasetStatistics:
         raise ValueError(f"{path}: malformed dataset statistics ({e}); re-run the converter") from e
     if record.get("mean_image_file"):
         mean_path = os.path.join(data_dir, record["mean_image_file"])
-        if not os.path.exists(mean_path):
+        if not paths.exists(mean_path):
             raise ValueError(f"{path} names {mean_path}, which does not exist; re-run the converter")
-        stats.mean_image = np.load(mean_path).astype(np.float32)
+        stats.mean_image = paths.load_npy(mean_path).astype(np.float32)
     return stats
 
 
@@ -151,13 +150,14 @@ class StatisticsAccumulator:
         # Uncompressed (compression costs more than the write); uint32 halves the size when it fits.
         fits = self.sum_image.max(initial=0) < 2**32
         sum_image = self.sum_image.astype(np.uint32) if fits else self.sum_image
-        with open(path, "wb") as f:
-            np.savez(f, num_images=np.int64(self.num_images), sum_image=sum_image, sum_outer=self.sum_outer)
+        buffer = io.BytesIO()
+        np.savez(buffer, num_images=np.int64(self.num_images), sum_image=sum_image, sum_outer=self.sum_outer)
+        paths.write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str) -> StatisticsAccumulator:
         """Reads sums written by :meth:`save`."""
-        with np.load(path) as data:
+        with np.load(io.BytesIO(paths.read_bytes(path))) as data:
             acc = cls(int(data["sum_image"].shape[0]))
             acc.num_images = int(data["num_images"])
             acc.sum_image = data["sum_image"].astype(np.int64)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import colorsys
 import io
 import os
+import tempfile
 
 import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw
 
 from alexnet_tf import converter
+from alexnet_tf import paths as paths_lib
 from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
 
 # Wider than tall, so the pipeline's central square crop has something to do.
@@ -145,6 +147,7 @@ def write_dataset(
 
     Args:
       output_dir: created if needed; receives ``train/``, ``val/``, the synsets and metadata files.
+        A local directory: these are the converter's input, which it reads with os.scandir and open().
       num_classes: how many of ``CLASS_NAMES`` to use.
       train_per_class: training images per class.
       val_per_class: validation images per class.
@@ -189,7 +192,8 @@ def prepare_shapes(
     """The built-in data set: draws it and converts it, once.
 
     Args:
-      root: receives ``jpeg/`` (the drawn ImageNet-style folders) and ``records/`` (shards).
+      root: receives ``records/`` (shards) and, when local, ``jpeg/`` (the drawn ImageNet-style
+        folders); may be in object storage (``gs://...``).
       seed: of the drawing.
       num_workers: converter processes.
       train_per_class, val_per_class: images per class.
@@ -201,14 +205,16 @@ def prepare_shapes(
     if converter.is_converted(records_dir):
         logging.info("Using the built-in data set already converted in %s", records_dir)
         return records_dir
-    paths = write_dataset(
-        os.path.join(root, "jpeg"), train_per_class=train_per_class, val_per_class=val_per_class, seed=seed
-    )
-    converter.convert(
-        output_directory=records_dir,
-        train_shards=TRAIN_SHARDS,
-        validation_shards=VALIDATION_SHARDS,
-        num_workers=num_workers,
-        **paths,
-    )
+    with tempfile.TemporaryDirectory(prefix="alexnet_tf_shapes_") as scratch:
+        # The JPEG folders are the converter's input, which must be local: beside the records when
+        # root is, else in a scratch directory deleted once the records are written.
+        jpeg = os.path.join(root if paths_lib.is_local(root) else scratch, "jpeg")
+        paths = write_dataset(jpeg, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
+        converter.convert(
+            output_directory=records_dir,
+            train_shards=TRAIN_SHARDS,
+            validation_shards=VALIDATION_SHARDS,
+            num_workers=num_workers,
+            **paths,
+        )
     return records_dir

@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, statistics
+from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
 from alexnet_tf import model as model_lib
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
@@ -267,6 +267,10 @@ def train(
     if config.deterministic and config.jit_compile:
         raise ValueError("--deterministic and --jit_compile: XLA has no deterministic max-pool gradient; "
                          "choose one")
+    # Before anything is read or built: an s3:// path without tensorflow-io fails here, naming it.
+    paths.check_supported(workdir, "--workdir")
+    if config.data_dir:
+        paths.check_supported(config.data_dir, "--data_dir")
     # Op determinism is a process-wide switch: on for this run only.
     was_deterministic = tf_framework_config.is_op_determinism_enabled()
     if config.deterministic:
@@ -291,7 +295,7 @@ def _inputs_of(config: Config, inputs: Inputs | None, synthetic: bool) -> Inputs
 def _start(config: Config, workdir: str, inputs: Inputs, strategy: tf.distribute.Strategy,
            chief: bool) -> tuple[Trainer, workdir_lib.Checkpoints]:
     """Writes the run's configuration, builds the trainer and restores the latest checkpoint."""
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     latest = workdir_lib.latest_checkpoint(workdir)
     if chief:
         workdir_lib.write_config(config, workdir, resuming=bool(latest))
@@ -442,8 +446,8 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
     results: dict[str, Any] = {}
     if chief:
         path = os.path.join(workdir, workdir_lib.MODEL_FILE)
-        trainer.model.save(path)
-        results["model"] = os.path.abspath(path)
+        trainer.model.save(paths.prepare_rewrite(path))
+        results["model"] = paths.absolute(path)
         results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
         return results
@@ -458,10 +462,10 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         "val_top5_error": report["center_crop"]["top5_error"],
         "val_ten_crop_top1_error": report["ten_crop"]["top1_error"],
         "val_ten_crop_top5_error": report["ten_crop"]["top5_error"],
-        "evaluation_report": os.path.abspath(report_dir) if chief else None,
+        "evaluation_report": paths.absolute(report_dir) if chief else None,
     })
     if chief:
         export_dir = export.export_saved_model(trainer.model, os.path.join(workdir, workdir_lib.EXPORT_DIR), config,
                                                stats, wnids, names)
-        results["saved_model"] = os.path.abspath(export_dir)
+        results["saved_model"] = paths.absolute(export_dir)
     return results

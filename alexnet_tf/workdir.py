@@ -14,14 +14,16 @@ Everything a training run writes (section 5's long runs: checkpoints and resume)
     evaluation/        centre-crop and 10-crop report (evaluation.py)
     summary.json       the final figures and where everything went
 
+The directory may be local or in object storage (``gs://...``): every file goes through
+``tf.io.gfile`` (:mod:`alexnet_tf.paths`) or an API that uses it (checkpoints, summary writers,
+Keras and SavedModel saving), so a preemptible machine keeps nothing the run needs on its disk.
+
 ``load_model`` and ``model_statistics`` read a finished (or interrupted) run back.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from typing import Any
 
 import keras
@@ -30,6 +32,7 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 
 from alexnet_tf import model as model_lib
+from alexnet_tf import paths
 from alexnet_tf.config import Config
 from alexnet_tf.records import STATISTICS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
@@ -54,7 +57,7 @@ MODEL_FIELDS = ("num_classes", "input_size", "width", "towers", "conv_width", "l
 
 def _directory_of(path: str) -> str:
     """A work directory (or SavedModel directory) itself, or the directory of a file in it."""
-    return path if os.path.isdir(path) else os.path.dirname(path)
+    return path if paths.isdir(path) else os.path.dirname(path)
 
 
 def write_config(config: Config, workdir: str, resuming: bool) -> str:
@@ -68,7 +71,7 @@ def write_config(config: Config, workdir: str, resuming: bool) -> str:
         model's variables (``MODEL_FIELDS``).
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    if resuming and os.path.exists(path):
+    if resuming and paths.exists(path):
         saved = read_config(workdir)
         changed = [name for name in MODEL_FIELDS if getattr(saved, name) != getattr(config, name)]
         if changed:
@@ -80,9 +83,7 @@ def write_config(config: Config, workdir: str, resuming: bool) -> str:
             )
         if saved != config:
             logging.warning("Resuming with a changed configuration; %s is rewritten.", path)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(config.to_json())
-    return path
+    return paths.write_text(path, config.to_json())
 
 
 def read_config(path: str) -> Config:
@@ -92,11 +93,10 @@ def read_config(path: str) -> Config:
       FileNotFoundError: naming ``config.json`` when there is none.
     """
     config_path = os.path.join(_directory_of(path), CONFIG_FILE)
-    if not os.path.exists(config_path):
+    if not paths.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: --checkpoint must be a training workdir or a "
                                 f".keras file with the run's {CONFIG_FILE} beside it")
-    with open(config_path, encoding="utf-8") as f:
-        return Config.from_json(f.read())
+    return Config.from_json(paths.read_text(config_path))
 
 
 def latest_checkpoint(workdir: str) -> str | None:
@@ -135,7 +135,7 @@ class Checkpoints:
         """Saves a checkpoint; returns its path (a deleted scratch path on other workers)."""
         path = self.manager.save()
         if not self.chief:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            paths.remove_tree(self.manager.directory)
         return path
 
 
@@ -164,9 +164,9 @@ def run_summary(workdir: str, data_dir: str, checkpoint: str | None, **figures: 
     return {
         **figures,
         "data_dir": data_dir,
-        "workdir": os.path.abspath(workdir),
+        "workdir": paths.absolute(workdir),
         "checkpoint": checkpoint,
-        "tensorboard": os.path.abspath(os.path.join(workdir, LOG_DIR)),
+        "tensorboard": paths.absolute(os.path.join(workdir, LOG_DIR)),
         "saved_model": None,
         "model": None,
         "evaluation_report": None,
@@ -175,10 +175,7 @@ def run_summary(workdir: str, data_dir: str, checkpoint: str | None, **figures: 
 
 def write_summary(summary: dict[str, Any], workdir: str) -> str:
     """Writes ``summary.json``; returns its absolute path."""
-    path = os.path.abspath(os.path.join(workdir, SUMMARY_FILE))
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    return path
+    return paths.write_json(paths.absolute(os.path.join(workdir, SUMMARY_FILE)), summary)
 
 
 def model_statistics(path: str) -> DatasetStatistics | None:
@@ -192,7 +189,7 @@ def model_statistics(path: str) -> DatasetStatistics | None:
       path: a training workdir, a ``.keras`` file in one, or a SavedModel directory.
     """
     directory = _directory_of(path)
-    if not os.path.exists(os.path.join(directory, STATISTICS_FILE)):
+    if not paths.exists(os.path.join(directory, STATISTICS_FILE)):
         logging.warning("%s carries no %s: the data directory's statistics stand in for the training set's",
                         path, STATISTICS_FILE)
         return None
@@ -211,8 +208,8 @@ def load_model(path: str) -> tuple[keras.Model, Config]:
       ValueError: naming the checkpoint, when it does not restore every weight of the model.
     """
     config = read_config(path)
-    keras_file = path if not os.path.isdir(path) else os.path.join(path, MODEL_FILE)
-    if os.path.exists(keras_file):
+    keras_file = path if not paths.isdir(path) else os.path.join(path, MODEL_FILE)
+    if paths.exists(keras_file):
         logging.info("Loading %s", keras_file)
         return keras.saving.load_model(keras_file, compile=False), config
     latest = latest_checkpoint(_directory_of(path))
@@ -234,7 +231,7 @@ def load_model(path: str) -> tuple[keras.Model, Config]:
 
 def describe_layout(workdir: str) -> str:
     """Where a run's results go, for its first lines."""
-    return (f"{os.path.abspath(workdir)}: {CHECKPOINT_DIR}/, {LOG_DIR}/ (TensorBoard), {MODEL_FILE}, "
+    return (f"{paths.absolute(workdir)}: {CHECKPOINT_DIR}/, {LOG_DIR}/ (TensorBoard), {MODEL_FILE}, "
             f"{REPORT_DIR}/, {EXPORT_DIR}/, {SUMMARY_FILE}")
 
 

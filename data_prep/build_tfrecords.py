@@ -23,13 +23,13 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import converter, imagenette  # noqa: E402
+from alexnet_tf import converter, imagenette, paths  # noqa: E402
 
 flags.DEFINE_enum("dataset", "imagenet", ["imagenet", "imagenette"], "imagenette: download and convert it.")
 flags.DEFINE_string("train_directory", None, "Training images in <wnid>/ folders.")
 flags.DEFINE_string("validation_directory", None, "Validation images, flat or in <wnid>/ folders.")
 flags.DEFINE_string("validation_labels_file", None, "Line N = wnid of validation image N (flat layout).")
-flags.DEFINE_string("output_directory", None, "Where the shards and the other outputs go.")
+flags.DEFINE_string("output_directory", None, "Where the shards and the other outputs go (local or gs://...).")
 flags.DEFINE_integer("train_shards", 1024, "Number of training shards.")
 flags.DEFINE_integer("validation_shards", 128, "Number of validation shards.")
 flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
@@ -99,11 +99,12 @@ def main(argv: list[str]) -> int:
     if not FLAGS.output_directory:
         raise app.UsageError("--output_directory is required")
     try:
+        paths.check_supported(FLAGS.output_directory, "--output_directory")
         summary = _convert()
         if summary is None and not FLAGS.verify:
             raise converter.ConversionError("pass --train_directory and/or --validation_directory (or --verify)")
         report = converter.verify(FLAGS.output_directory, FLAGS.num_workers) if FLAGS.verify else None
-    except converter.ConversionError as e:
+    except (converter.ConversionError, paths.UnsupportedPathError) as e:
         logging.error("%s", e)
         return 2
     if summary is not None and not summary["ok"]:

@@ -11,6 +11,8 @@ import dataclasses
 import os
 import re
 
+from alexnet_tf import paths
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp", ".webp")
 _VALIDATION_NUMBER = re.compile(r"(\d+)$")
 
@@ -113,10 +115,9 @@ def list_validation_files(
             f"--validation_directory={directory} is flat (no class folders): pass "
             "--validation_labels_file (line N = wnid of image N)"
         )
-    if not os.path.isfile(labels_file):
+    if not paths.isfile(labels_file):
         raise ConversionError(f"--validation_labels_file={labels_file} does not exist")
-    with open(labels_file, encoding="utf-8") as f:
-        labels = [line.strip() for line in f.read().splitlines()]
+    labels = [line.strip() for line in paths.read_text(labels_file).splitlines()]
     while labels and not labels[-1]:
         labels.pop()
     known = set(synsets)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
+import fnmatch
 import os
 from typing import Any
 
+import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import records, statistics
+from alexnet_tf import paths, records, statistics
 from alexnet_tf.converter import files
 from alexnet_tf.converter.image import STATISTICS_SIZE
 from alexnet_tf.converter.listing import ConversionError
@@ -28,7 +29,7 @@ _SUMMED = ("files", "records", "rejected", "bytes_in", "bytes", "misnamed")
 def is_converted(output_directory: str) -> bool:
     """Whether ``output_directory`` holds a finished conversion (manifest and class names)."""
     return all(
-        os.path.exists(os.path.join(output_directory, name)) for name in (records.MANIFEST_FILE, records.METADATA_FILE)
+        paths.exists(os.path.join(output_directory, name)) for name in (records.MANIFEST_FILE, records.METADATA_FILE)
     )
 
 
@@ -39,11 +40,13 @@ def warn_about_stale_shards(output_directory: str, plan: dict[str, Any]) -> None
         for split, info in plan["splits"].items()
         for i in range(info["num_shards"])
     }
+    # Names, not a glob: the output directory's own name may hold glob characters.
+    names = sorted(tf.io.gfile.listdir(output_directory)) if paths.isdir(output_directory) else []
     for split in plan["splits"]:
         stale = [
-            p
-            for p in glob.glob(os.path.join(glob.escape(output_directory), f"{split}-*-of-*"))
-            if os.path.basename(p) not in expected and ".tmp-" not in p
+            os.path.join(output_directory, name)
+            for name in fnmatch.filter(names, f"{split}-*-of-*")
+            if name not in expected and ".tmp-" not in name
         ]
         if stale:
             logging.warning(
@@ -79,9 +82,9 @@ def _load_part(output_directory: str, name: str, fingerprint: str) -> ShardPart 
     """The shard's record when the shard is there, matches it and belongs to this plan."""
     part = ShardPart.load(os.path.join(output_directory, files.PARTS_DIRECTORY, name + ".json"))
     path = os.path.join(output_directory, name)
-    if part is None or part.fingerprint != fingerprint or not os.path.exists(path):
+    if part is None or part.fingerprint != fingerprint or not paths.exists(path):
         return None
-    return part if os.path.getsize(path) == part.bytes else None
+    return part if paths.size(path) == part.bytes else None
 
 
 def _split_summary(info: dict[str, Any], merged: _SplitMerge, synsets: list[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import logging
 
-from alexnet_tf import imagenet, records
+from alexnet_tf import imagenet, paths, records
 from alexnet_tf.converter import files
 from alexnet_tf.converter.listing import (
     IMAGE_EXTENSIONS,
@@ -81,6 +81,10 @@ def check_arguments(arguments: ConvertArguments) -> None:
         raise ConversionError("pass --train_directory and/or --validation_directory")
     if not a.output_directory:
         raise ConversionError("--output_directory is required")
+    try:
+        paths.check_supported(a.output_directory, "--output_directory")
+    except paths.UnsupportedPathError as e:
+        raise ConversionError(str(e)) from e
     for flag in ("train_shards", "validation_shards", "num_workers", "num_tasks"):
         _check_positive(getattr(a, flag), f"--{flag}")
     if a.resize is not None and a.resize != 0:
@@ -93,11 +97,12 @@ def check_arguments(arguments: ConvertArguments) -> None:
         )
     if a.label_offset < 0 or a.max_rejects < 0:
         raise ConversionError("--label_offset and --max_rejects must not be negative")
+    # The input folders are read with os.scandir and open(): local only (the output may be remote).
     for path, flag in ((a.train_directory, "--train_directory"), (a.validation_directory, "--validation_directory")):
         if path and not os.path.isdir(path):
             raise ConversionError(f"{flag}={path} is not a directory")
     for path, flag in ((a.labels_file, "--labels_file"), (a.metadata_file, "--imagenet_metadata_file")):
-        if path and not os.path.isfile(path):
+        if path and not paths.isfile(path):
             raise ConversionError(f"{flag}={path} does not exist")
 
 
@@ -245,7 +250,7 @@ def _announce(arguments: ConvertArguments, inputs: dict[str, SplitInput], plan: 
         num_jobs,
         f"shorter side resized to {resize}" if resize else "RGB JPEGs kept byte for byte",
         arguments.num_workers,
-        os.path.abspath(arguments.output_directory),
+        paths.absolute(arguments.output_directory),
     )
 
 
@@ -262,11 +267,11 @@ def _report_outputs(output_directory: str, summary: dict[str, Any], done: RunCou
         summary["images_per_second"],
     )
     names = [records.MANIFEST_FILE, records.SUMMARY_FILE, records.SYNSETS_FILE, records.METADATA_FILE]
-    if os.path.exists(os.path.join(output_directory, records.STATISTICS_FILE)):
+    if paths.exists(os.path.join(output_directory, records.STATISTICS_FILE)):
         names.append(records.STATISTICS_FILE)
     if summary["rejected"]:
         names.append(records.REJECTS_FILE)
-    logging.info("Shards and %s are in %s", ", ".join(names), os.path.abspath(output_directory))
+    logging.info("Shards and %s are in %s", ", ".join(names), paths.absolute(output_directory))
 
 
 @dataclasses.dataclass
@@ -308,13 +313,19 @@ def run_conversion(arguments: ConvertArguments) -> dict[str, Any]:
     plan, jobs = plan_jobs(arguments, classes, inputs)
     num_tasks, task_index = arguments.num_tasks, arguments.task_index
     jobs = [job for index, job in enumerate(jobs) if index % num_tasks == task_index]
-    os.makedirs(os.path.join(output_directory, files.PARTS_DIRECTORY), exist_ok=True)
+    paths.makedirs(os.path.join(output_directory, files.PARTS_DIRECTORY))
     warn_about_stale_shards(output_directory, plan)
     files.write_json(os.path.join(output_directory, files.PARTS_DIRECTORY, files.PLAN_FILE), plan)
     _announce(arguments, inputs, plan, len(jobs))
 
     description = f"task {task_index}/{num_tasks}" if num_tasks > 1 else "converting"
-    done, working = _run_shards(jobs, arguments.num_workers, description)
+    num_workers = arguments.num_workers
+    if paths.scheme(output_directory) == "ram" and num_workers > 1:
+        # ram:// lives in this process's memory: what a worker process writes there, no one else sees.
+        logging.info("%s is in this process's memory: converting in-process, not with %d workers",
+                     output_directory, num_workers)
+        num_workers = 1
+    done, working = _run_shards(jobs, num_workers, description)
     seconds = time.time() - start
     run = {
         **dataclasses.asdict(done),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from alexnet_tf import records, statistics
+from alexnet_tf import paths, records, statistics
 from alexnet_tf.converter import files
 from alexnet_tf.converter.image import STATISTICS_SIZE, RejectedImageError, convert_image
 
@@ -116,10 +115,10 @@ def fingerprint(options: dict[str, Any], name: str, items: Sequence[ShardItem], 
 def _shard_verifies(job: ShardJob, part: ShardPart | None) -> bool:
     if part is None or part.fingerprint != job.fingerprint:
         return False
-    if job.with_statistics and not os.path.exists(job.statistics_path):
+    if job.with_statistics and not paths.exists(job.statistics_path):
         return False
     path = job.path
-    return os.path.exists(path) and os.path.getsize(path) == part.bytes and files.sha256_file(path) == part.sha256
+    return paths.exists(path) and paths.size(path) == part.bytes and files.sha256_file(path) == part.sha256
 
 
 @dataclasses.dataclass
@@ -142,6 +141,7 @@ def _write_item(
     accumulator: statistics.StatisticsAccumulator | None,
 ) -> None:
     try:
+        # Input images are local (listed with os.scandir); only the output may be remote.
         with open(item.path, "rb") as f:
             data = f.read()
     except OSError as e:
@@ -184,22 +184,24 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
     if _shard_verifies(job, part):
         count(len(job.items))
         return ShardResult(part, skipped=True)
-    for stale in glob.glob(glob.escape(job.path) + ".tmp-*"):
-        os.remove(stale)
+    # Names, not a glob: the output directory's own name may hold glob characters.
+    for name in tf.io.gfile.listdir(job.output_directory):
+        if name.startswith(job.name + ".tmp-"):
+            tf.io.gfile.remove(os.path.join(job.output_directory, name))
     start = time.time()
     accumulator = statistics.StatisticsAccumulator(STATISTICS_SIZE) if job.with_statistics else None
     tallies = _Tallies()
-    tmp = f"{job.path}.tmp-{os.getpid()}"
+    tmp = paths.temporary_name(job.path)
     with tf.io.TFRecordWriter(tmp) as writer:
         for item in job.items:
             _write_item(item, job, writer, tallies, accumulator)
             count(1)
     sha256 = files.sha256_file(tmp)
-    size = os.path.getsize(tmp)
-    os.replace(tmp, job.path)
+    size = paths.size(tmp)
+    tf.io.gfile.rename(tmp, job.path, overwrite=True)
     if accumulator is not None:
-        accumulator.save(job.statistics_path + f".tmp-{os.getpid()}")
-        os.replace(job.statistics_path + f".tmp-{os.getpid()}", job.statistics_path)
+        accumulator.save(paths.temporary_name(job.statistics_path))
+        tf.io.gfile.rename(paths.temporary_name(job.statistics_path), job.statistics_path, overwrite=True)
     part = ShardPart(
         name=job.name,
         split=job.split,

@@ -10,7 +10,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import records
+from alexnet_tf import paths, records
 from alexnet_tf.converter import files
 from alexnet_tf.converter.listing import ConversionError
 from alexnet_tf.converter.pool import run_jobs
@@ -64,10 +64,10 @@ def verify_shard(job: VerifyJob, count: Callable[[int], None]) -> VerifyResult:
       count: called once per record read.
     """
     path = job.path
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return VerifyResult(job.name, 0, [f"{path}: missing"])
     errors: list[str] = []
-    if os.path.getsize(path) != job.bytes or files.sha256_file(path) != job.sha256:
+    if paths.size(path) != job.bytes or files.sha256_file(path) != job.sha256:
         errors.append(f"{path}: size or sha256 differs from the manifest")
     number = 0
     try:
@@ -111,7 +111,10 @@ def verify(output_directory: str, num_workers: int | None = None) -> dict[str, A
     ]
     total = sum(job.records for job in jobs)
     report: dict[str, Any] = {"shards": len(jobs), "shards_ok": 0, "records": 0, "errors": []}
-    for result in run_jobs(verify_shard, jobs, num_workers or os.cpu_count() or 1, total, "verifying"):
+    num_workers = num_workers or os.cpu_count() or 1
+    if paths.scheme(output_directory) == "ram":
+        num_workers = 1  # worker processes do not see this process's in-memory files
+    for result in run_jobs(verify_shard, jobs, num_workers, total, "verifying"):
         report["records"] += result.records
         report["shards_ok"] += not result.errors
         report["errors"].extend(result.errors)
