@@ -227,11 +227,14 @@ def test_pca_noise_variance_per_eigen_direction(stats):
         np.testing.assert_allclose(got, vectors @ (alpha * values), rtol=1e-5, atol=1e-5)
 
 
+def _rounded_square(encoded, image_size: int) -> np.ndarray:
+    """The central square as the host sends it: the float resize rounded to whole grey levels."""
+    return np.round(preprocess.center_square(preprocess.decode_rgb(encoded), image_size).numpy())
+
+
 def _mean_subtracted_square(encoded, config, stats):
     """The central square minus the per-channel mean: every training view is a crop of it."""
-    return (
-        preprocess.center_square(preprocess.decode_rgb(encoded), config.image_size).numpy() - stats.mean_rgb
-    )
+    return _rounded_square(encoded, config.image_size) - stats.mean_rgb
 
 
 def _matches_some_crop(out: np.ndarray, square: np.ndarray, atol: float) -> bool:
@@ -271,7 +274,7 @@ def test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square(tiny
     stats.mean_image = np.random.default_rng(2).uniform(0, 255, (76, 76, 3)).astype(np.float32)
     config = tiny.replace(pca_std=0.0, mean_subtraction="image")
     for encoded in (_jpeg(_smooth_uint8(76, 101)), tf.io.encode_png(_random_uint8(90, 77))):
-        square = preprocess.center_square(preprocess.decode_rgb(encoded), 76).numpy() - stats.mean_image
+        square = _rounded_square(encoded, 76) - stats.mean_image
         for i in range(6):
             out = _both(
                 lambda e, s: preprocess.preprocess_for_train(e, config, stats, s),
@@ -320,7 +323,7 @@ def test_eval_view_known_answer_with_mean_image(tiny):
     stats = imagenet_statistics()
     stats.mean_image = mean_image
     config = tiny.replace(mean_subtraction="image")
-    square = preprocess.center_square(image, 76).numpy()
+    square = np.round(preprocess.center_square(image, 76).numpy())
     offset = (76 - 67) // 2
     expected = (square - mean_image)[offset : offset + 67, offset : offset + 67]
     np.testing.assert_allclose(

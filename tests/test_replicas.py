@@ -302,9 +302,10 @@ def _evaluate(devices, out, data_dir):
     for batch_size in (int(devices), 2 * int(devices) + 1):
         config = base.replace(batch_size=batch_size)
         report = evaluation.evaluate(model, config, data_dir, strategy=strategy, progress=False)
-        trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy)
+        inputs = data.record_inputs(config, data_dir)
+        trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy, inputs.stats)
         trainer.model.set_weights(one_model.get_weights())
-        validation = trainer.validate(data.record_inputs(config, data_dir))
+        validation = trainer.validate(inputs)
         cases.append({
             "batch_size": batch_size,
             "num_images": report["num_images"],
