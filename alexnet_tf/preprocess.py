@@ -96,14 +96,13 @@ def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """float32 ``image`` at height x width: area when shrinking, bilinear when enlarging."""
     shape = tf.shape(image)
     size = [height, width]
-    same = tf.logical_and(shape[0] == height, shape[1] == width)
+    # One branch per image (each costs the input pipeline a function call); area at the same
+    # size copies the pixels exactly.
     shrink = tf.logical_and(shape[0] >= height, shape[1] >= width)
-    resized = tf.case(
-        [
-            (same, lambda: tf.cast(image, tf.float32)),
-            (shrink, lambda: tf.image.resize(image, size, method=SHRINK_METHOD)),
-        ],
-        default=lambda: tf.image.resize(image, size, method=ENLARGE_METHOD),
+    resized = tf.cond(
+        shrink,
+        lambda: tf.image.resize(image, size, method=SHRINK_METHOD),
+        lambda: tf.image.resize(image, size, method=ENLARGE_METHOD),
     )
     resized.set_shape([height, width, image.shape[-1]])
     return resized
@@ -128,13 +127,6 @@ def center_square(image: tf.Tensor, image_size: int = 256) -> tf.Tensor:
       float32 [image_size, image_size, channels], still on the 0-255 scale.
     """
     return _resize_square(_central_square_crop(tf.convert_to_tensor(image)), image_size)
-
-
-def _jpeg_shorter_side(encoded: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
-    """The shorter side read from a JPEG header without decoding; -1 for other formats."""
-    return tf.cond(
-        is_jpeg, lambda: tf.reduce_min(tf.image.extract_jpeg_shape(encoded)[:2]), lambda: tf.constant(-1)
-    )
 
 
 def _decode_central_square(encoded: tf.Tensor) -> tf.Tensor:
@@ -180,20 +172,28 @@ def _decode_crop_of_square(
     is decoded (exact: its pixels are the stored ones); anything else is decoded (its central
     square only, for JPEG), resized in float and the crop rounded to uint8.
     """
-    is_jpeg = tf.io.is_jpeg(encoded)
 
-    def crop_only() -> tf.Tensor:
-        shape = tf.image.extract_jpeg_shape(encoded)
-        square_y, square_x, _ = _square_window(shape[0], shape[1])
-        window = tf.stack([square_y + offset_y, square_x + offset_x, crop_size, crop_size])
-        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-
-    def whole_square() -> tf.Tensor:
-        square = _resize_square(_decode_central_square(encoded), image_size)
+    def crop_of(square: tf.Tensor) -> tf.Tensor:
+        resized = _resize_square(square, image_size)
         # Only the crop is rounded: the same pixels as rounding the square, fewer of them.
-        return _to_uint8(square[offset_y : offset_y + crop_size, offset_x : offset_x + crop_size])
+        return _to_uint8(resized[offset_y : offset_y + crop_size, offset_x : offset_x + crop_size])
 
-    crop = tf.cond(_jpeg_shorter_side(encoded, is_jpeg) == image_size, crop_only, whole_square)
+    def jpeg() -> tf.Tensor:
+        # The header read once, one decode: the crop alone when no resize is needed, else the square.
+        shape = tf.image.extract_jpeg_shape(encoded)
+        square_y, square_x, side = _square_window(shape[0], shape[1])
+
+        def crop_only() -> tf.Tensor:
+            window = tf.stack([square_y + offset_y, square_x + offset_x, crop_size, crop_size])
+            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+        def square_then_crop() -> tf.Tensor:
+            window = tf.stack([square_y, square_x, side, side])
+            return crop_of(tf.image.decode_and_crop_jpeg(encoded, window, channels=3))
+
+        return tf.cond(side == image_size, crop_only, square_then_crop)
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: crop_of(_central_square_crop(decode_rgb(encoded))))
     crop.set_shape([crop_size, crop_size, 3])
     return crop
 
