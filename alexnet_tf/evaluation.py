@@ -1,6 +1,7 @@
 """Centre-crop and 10-crop evaluation (section 4.1, section 6), metrics and reports.
 
-The centre crop is the one view ``preprocess.preprocess_for_eval`` makes. The paper's 10-crop
+The centre crop is the one view ``preprocess.preprocess_for_eval`` makes (its host half in the
+input pipeline, its device half, ``preprocess.DeviceFinish``, in the compiled step). The paper's 10-crop
 test averages the softmax over the four corner crops, the centre crop and their reflections.
 The ten views of an image go through the network in one batch (images x 10 views), with a tenth
 as many images per batch as the centre-crop pass, so 10-crop costs about ten centre crops.
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, imagenet, paths
+from alexnet_tf import data, imagenet, paths, preprocess
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
@@ -69,10 +70,13 @@ def correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> t
     return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
 
 
-def _top_k_step(predict: Predictor, ten_crop: bool, k: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Images ([B, s, s, 3], or [B, 10, s, s, 3] for 10-crop) -> int32 top-k classes [B, k]."""
+def _top_k_step(
+    predict: Predictor, ten_crop: bool, k: int, finish: Callable[[Any], tf.Tensor]
+) -> Callable[[Any], tf.Tensor]:
+    """Batches (finished into [B, s, s, 3], or [B, 10, s, s, 3] for 10-crop) -> int32 top-k [B, k]."""
 
-    def step(images: tf.Tensor) -> tf.Tensor:
+    def step(features: Any) -> tf.Tensor:
+        images = finish(features)
         # A replica gets no images when the last global batch is smaller than the replicas need;
         # on CPU a convolution of an empty batch returns the wrong shape, so the network is not run.
         return tf.cond(tf.shape(images)[0] > 0, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
@@ -99,25 +103,29 @@ def predict_top_k(
     strategy: tf.distribute.Strategy | None = None,
     progress: bool = True,
     num_batches: int | None = None,
+    finish: Callable[[Any], tf.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Runs ``predict`` over ``dataset`` of (images, labels) under ``strategy``.
 
     Args:
       predict: images -> probabilities.
-      dataset: batches of (images, labels), one pass.
+      dataset: batches of (images, labels), one pass; the images may be ``data.make_dataset``'s
+        uint8 features, which ``finish`` turns into float views on the device.
       num_classes: the model's classes.
       ten_crop: the images are [B, 10, s, s, 3]: average the softmax over the views.
       strategy: where to run; the default strategy when None.
       progress: show a progress bar.
       num_batches: the progress bar's total when the dataset cannot tell (records read from
         shards have an unknown cardinality; the converter's manifest knows their count).
+      finish: the device's half of the preprocessing (``preprocess.DeviceFinish``); None when
+        the images are float views already.
 
     Returns:
       ``(top_k [N, k] int32, labels [N] int32, seconds)`` where ``seconds`` excludes the first
       batch (tracing and pipeline warm-up) when there is more than one batch.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    step = _top_k_step(predict, ten_crop, min(TOP_K, num_classes))
+    step = _top_k_step(predict, ten_crop, min(TOP_K, num_classes), finish or (lambda images: images))
 
     distributed = strategy.experimental_distribute_dataset(dataset)
 
@@ -311,13 +319,14 @@ def evaluate(
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
     num_images = data.manifest_record_count(data_dir, VALIDATION_SPLIT)
+    finish = preprocess.DeviceFinish(config, stats)
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
         logging.info("Evaluating the %s on %s%s", key.replace("_", " "), data_dir,
                      f" ({num_images} images)" if num_images is not None else "")
         batch_size = view_batch_size(config, is_ten_crop)
         top_k, labels, seconds = predict_top_k(
             predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress,
-            num_batches=-(-num_images // batch_size) if num_images else None,
+            num_batches=-(-num_images // batch_size) if num_images else None, finish=finish,
         )
         result = metrics(top_k, labels, config.num_classes, class_names)
         result["seconds"] = seconds

@@ -177,18 +177,13 @@ def _first_images(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Up to ``limit`` centre crops in file order: (model inputs, displayable uint8, labels)."""
     dataset = data.make_dataset(pattern, False, config, stats=stats, repeat=False)
-    inputs, labels = [], []
-    for batch_images, batch_labels in dataset.take(math.ceil(limit / config.batch_size)):
-        inputs.append(batch_images.numpy())
+    finish = preprocess.DeviceFinish(config, stats)
+    inputs, display, labels = [], [], []
+    for features, batch_labels in dataset.take(math.ceil(limit / config.batch_size)):
+        inputs.append(finish(features).numpy())
+        display.append(features[preprocess.IMAGE].numpy())  # the uint8 crop before the mean
         labels.append(batch_labels.numpy())
-    inputs, labels = np.concatenate(inputs)[:limit], np.concatenate(labels)[:limit]
-    # The mean the pipeline subtracted, at the centre crop's offset, added back for display.
-    mean = preprocess.mean_to_subtract(config, stats)
-    if mean.ndim == 3:
-        offset = (config.image_size - config.input_size) // 2
-        mean = mean[offset : offset + config.input_size, offset : offset + config.input_size]
-    display = np.clip(np.round(inputs + mean), 0, 255).astype(np.uint8)
-    return inputs, display, labels
+    return tuple(np.concatenate(arrays)[:limit] for arrays in (inputs, display, labels))
 
 
 def make_figures(

@@ -6,14 +6,27 @@ reflections and adds PCA colour noise; the mean image of the training set is sub
 raw 0-255 pixel values (nothing is divided by a standard deviation). Testing uses the centre crop
 or the ten crops of ``ten_crop``.
 
-Two orderings differ from a literal reading and give the same result for less work:
+The work is split in two halves, so that the host does only what needs the encoded bytes:
+
+* On the host (``train_crop``, ``eval_crop``, ``ten_crop_square``, mapped by ``data.make_dataset``):
+  decode, the central square, the crop, all in uint8, plus a few values per image: the crop's
+  offset, whether to mirror it, the PCA colour offset. A 227x227x3 crop is 154,587 bytes, a
+  quarter of its float32 view.
+* On the device, inside the compiled step (``DeviceFinish``): cast to float, subtract the mean
+  image at the crop's offset, mirror, add the colour offset. ``preprocess_for_train`` /
+  ``preprocess_for_eval`` / ``preprocess_for_ten_crop`` are both halves for one image (serving,
+  tests).
+
+Three orderings differ from a literal reading and give the same result for less work:
 
 * The central square is cut from the original image first and then resized (rather than resizing
   the whole image and then cutting). Only the square's pixels are decoded and resized; the two
-  differ by sub-pixel alignment on the long side only.
+  differ by sub-pixel alignment on the long side only. A resized square is rounded to uint8 (at
+  most 0.5 from the float resize).
 * Mean subtraction and the colour noise are applied after the crop, with the mean image cropped
-  at the same offset. Both are per-pixel, so cropping commutes with them; the flip comes last
-  because it must mirror the mean image as well.
+  at the same offset. Both are per-pixel, so cropping commutes with them.
+* The mirror comes after the mean subtraction: the mirrored crop of (image - mean) is the
+  mirrored image crop minus the mirrored mean window, as the paper's flip of the whole view.
 
 When a JPEG's shorter side already equals ``image_size`` (shards written with ``--resize=256``),
 only the crop the network will see is decoded (``tf.image.decode_and_crop_jpeg``).
@@ -23,6 +36,9 @@ statistics become graph constants.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +56,14 @@ FLIP_PROBABILITY = 0.5
 NUM_CROPS = 10
 MEAN_SUBTRACTION_MODES = ("image", "channel")
 _SEED_MAX = 2**31 - 1
+
+# What the host sends per image (``train_crop``, ``eval_crop``, ``ten_crop_square``); the device
+# finishes the view from it (``DeviceFinish``).
+IMAGE = "image"  # uint8 [c, c, 3]: the crop, not mirrored
+CROP = "crop"  # int32 [2]: the crop's (y, x) in the image_size square, where its mean window is
+FLIP = "flip"  # bool []: mirror the view (training only)
+RGB = "rgb"  # float32 [3]: the PCA colour offset (training only)
+SQUARE = "square"  # uint8 [s, s, 3]: the whole central square, for the ten test patches
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -72,14 +96,13 @@ def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """float32 ``image`` at height x width: area when shrinking, bilinear when enlarging."""
     shape = tf.shape(image)
     size = [height, width]
-    same = tf.logical_and(shape[0] == height, shape[1] == width)
+    # One branch per image (each costs the input pipeline a function call); area at the same
+    # size copies the pixels exactly.
     shrink = tf.logical_and(shape[0] >= height, shape[1] >= width)
-    resized = tf.case(
-        [
-            (same, lambda: tf.cast(image, tf.float32)),
-            (shrink, lambda: tf.image.resize(image, size, method=SHRINK_METHOD)),
-        ],
-        default=lambda: tf.image.resize(image, size, method=ENLARGE_METHOD),
+    resized = tf.cond(
+        shrink,
+        lambda: tf.image.resize(image, size, method=SHRINK_METHOD),
+        lambda: tf.image.resize(image, size, method=ENLARGE_METHOD),
     )
     resized.set_shape([height, width, image.shape[-1]])
     return resized
@@ -106,13 +129,6 @@ def center_square(image: tf.Tensor, image_size: int = 256) -> tf.Tensor:
     return _resize_square(_central_square_crop(tf.convert_to_tensor(image)), image_size)
 
 
-def _jpeg_shorter_side(encoded: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
-    """The shorter side read from a JPEG header without decoding; -1 for other formats."""
-    return tf.cond(
-        is_jpeg, lambda: tf.reduce_min(tf.image.extract_jpeg_shape(encoded)[:2]), lambda: tf.constant(-1)
-    )
-
-
 def _decode_central_square(encoded: tf.Tensor) -> tf.Tensor:
     """uint8 [side, side, 3]: the central square of the encoded image, decoding only it for JPEG."""
 
@@ -132,34 +148,52 @@ def _mirror_if(flip: tf.Tensor | None, image: tf.Tensor) -> tf.Tensor:
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: tf.identity(image))
 
 
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """Rounded to the nearest integer (not truncated: at most 0.5 from ``image``), as uint8."""
+    return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
+def _decode_square(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 [image_size, image_size, 3]: ``center_square(decode(encoded))`` rounded (exact when it fits)."""
+    square = _decode_central_square(encoded)
+    shape = tf.shape(square)
+    fits = tf.logical_and(shape[0] == image_size, shape[1] == image_size)
+    square = tf.cond(fits, lambda: square, lambda: _to_uint8(_resize_square(square, image_size)))
+    square.set_shape([image_size, image_size, 3])
+    return square
+
+
 def _decode_crop_of_square(
-    encoded: tf.Tensor,
-    image_size: int,
-    offset_y: tf.Tensor,
-    offset_x: tf.Tensor,
-    crop_size: int,
-    flip: tf.Tensor | None = None,
+    encoded: tf.Tensor, image_size: int, offset_y: tf.Tensor, offset_x: tf.Tensor, crop_size: int
 ) -> tf.Tensor:
-    """float32 [crop_size, crop_size, 3]: ``center_square(decode(encoded))[y:y+c, x:x+c]``.
+    """uint8 [crop_size, crop_size, 3]: ``center_square(decode(encoded))[y:y+c, x:x+c]``, rounded.
 
     A JPEG whose shorter side already is ``image_size`` needs no resize, so only the crop itself
-    is decoded; anything else is decoded (its central square only, for JPEG) and resized. With
-    ``flip`` true the crop is mirrored (while still uint8 where possible: 4x less to move).
+    is decoded (exact: its pixels are the stored ones); anything else is decoded (its central
+    square only, for JPEG), resized in float and the crop rounded to uint8.
     """
-    is_jpeg = tf.io.is_jpeg(encoded)
 
-    def crop_only() -> tf.Tensor:
+    def crop_of(square: tf.Tensor) -> tf.Tensor:
+        resized = _resize_square(square, image_size)
+        # Only the crop is rounded: the same pixels as rounding the square, fewer of them.
+        return _to_uint8(resized[offset_y : offset_y + crop_size, offset_x : offset_x + crop_size])
+
+    def jpeg() -> tf.Tensor:
+        # The header read once, one decode: the crop alone when no resize is needed, else the square.
         shape = tf.image.extract_jpeg_shape(encoded)
-        square_y, square_x, _ = _square_window(shape[0], shape[1])
-        window = tf.stack([square_y + offset_y, square_x + offset_x, crop_size, crop_size])
-        crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-        return tf.cast(_mirror_if(flip, crop), tf.float32)
+        square_y, square_x, side = _square_window(shape[0], shape[1])
 
-    def whole_square() -> tf.Tensor:
-        square = _resize_square(_decode_central_square(encoded), image_size)
-        return _mirror_if(flip, square[offset_y : offset_y + crop_size, offset_x : offset_x + crop_size])
+        def crop_only() -> tf.Tensor:
+            window = tf.stack([square_y + offset_y, square_x + offset_x, crop_size, crop_size])
+            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
 
-    crop = tf.cond(_jpeg_shorter_side(encoded, is_jpeg) == image_size, crop_only, whole_square)
+        def square_then_crop() -> tf.Tensor:
+            window = tf.stack([square_y, square_x, side, side])
+            return crop_of(tf.image.decode_and_crop_jpeg(encoded, window, channels=3))
+
+        return tf.cond(side == image_size, crop_only, square_then_crop)
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: crop_of(_central_square_crop(decode_rgb(encoded))))
     crop.set_shape([crop_size, crop_size, 3])
     return crop
 
@@ -218,26 +252,27 @@ def pca_offset(eigenvalues, eigenvectors, std: float, seed: tf.Tensor) -> tf.Ten
 
 
 def ten_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
-    """The paper's ten test patches (section 4.1) of ``image`` [h, w, c].
+    """The paper's ten test patches (section 4.1) of ``image`` [..., h, w, c].
 
     Order: top-left, top-right, bottom-left, bottom-right and centre crops of ``image``, then the
-    same five positions of its mirror image ``image[:, ::-1]``. The centre crop starts at
+    same five positions of its mirror image ``image[..., :, ::-1, :]``. The centre crop starts at
     ((h - crop_size) // 2, (w - crop_size) // 2); the mirror's centre crop is its exact reflection
     (it starts at column ``w - crop_size - (w - crop_size) // 2`` of the mirror, one column further
     when ``w - crop_size`` is odd, as it is for 256 -> 227), so patch 9 is patch 4 reflected.
+    Leading dimensions (a batch) are kept: [B, h, w, c] gives [B, 10, ...].
 
     Returns:
-      [10, crop_size, crop_size, c], the dtype of ``image``.
+      [..., 10, crop_size, crop_size, c], the dtype of ``image``.
     """
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
-    bottom, right = shape[0] - crop_size, shape[1] - crop_size
+    bottom, right = shape[-3] - crop_size, shape[-2] - crop_size
     corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)]
     crops = []
-    for view, centre_x in ((image, right // 2), (tf.reverse(image, axis=[1]), right - right // 2)):
-        crops.extend(view[y : y + crop_size, x : x + crop_size] for y, x in [*corners, (bottom // 2, centre_x)])
-    patches = tf.stack(crops)
-    patches.set_shape([NUM_CROPS, crop_size, crop_size, image.shape[-1]])
+    for view, centre_x in ((image, right // 2), (tf.reverse(image, axis=[-2]), right - right // 2)):
+        crops.extend(view[..., y : y + crop_size, x : x + crop_size, :] for y, x in [*corners, (bottom // 2, centre_x)])
+    patches = tf.stack(crops, axis=-4)
+    patches.set_shape([*image.shape[:-3], NUM_CROPS, crop_size, crop_size, image.shape[-1]])
     return patches
 
 
@@ -274,27 +309,149 @@ def mean_to_subtract(config: Config, stats: DatasetStatistics) -> np.ndarray:
     return np.asarray(stats.mean_rgb, np.float32).reshape(3)
 
 
-def _add_rgb(image: tf.Tensor, rgb: tf.Tensor) -> tf.Tensor:
-    """``image + rgb`` for a statically shaped [h, w, 3] image and one RGB offset.
-
-    Broadcasting a 3-vector over the last axis is slow in TensorFlow on CPU; adding a tiled
-    row to the image viewed as [h, w * 3] is the same sum at about twice the speed.
-    """
-    height, width, channels = image.shape
-    rows = tf.reshape(image, [height, width * channels]) + tf.tile(rgb, [width])
-    return tf.reshape(rows, [height, width, channels])
-
-
 def _seed_or_random(seed: tf.Tensor | None) -> tf.Tensor:
     if seed is None:
         return tf.random.uniform([2], maxval=_SEED_MAX, dtype=tf.int32)
     return tf.convert_to_tensor(seed)
 
 
+# --------------------------------------------------------------------------------------------
+# The host's half: uint8 pixels and a few values per image
+
+
+def train_crop(
+    encoded: tf.Tensor, config: Config, stats: DatasetStatistics, seed: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
+    """The host's half of the paper's training view (section 4.1) of one encoded image.
+
+    Draws a random ``config.input_size`` crop of the central square at ``config.image_size``,
+    whether to mirror it (probability FLIP_PROBABILITY) and the PCA colour offset
+    (``config.pca_std``; 0 turns it off), and decodes the crop. ``DeviceFinish`` does the rest.
+
+    Args:
+      encoded: a scalar string tensor (JPEG, PNG, ...).
+      config: supplies input_size, image_size, pca_std.
+      stats: the training set's RGB eigen-decomposition.
+      seed: int32/int64 [2] for reproducible draws; None draws a fresh seed.
+
+    Returns:
+      ``{IMAGE: uint8 [c, c, 3] (not mirrored), CROP: int32 [2], FLIP: bool [], RGB: float32 [3]}``.
+    """
+    _check_config(config)
+    size, crop = config.image_size, config.input_size
+    seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), 3)
+    offset_y, offset_x = random_crop_offsets(seeds[0], size, size, crop)
+    if config.pca_std > 0:
+        rgb = pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2])
+    else:
+        rgb = tf.zeros([3])
+    return {
+        IMAGE: _decode_crop_of_square(encoded, size, offset_y, offset_x, crop),
+        CROP: tf.stack([offset_y, offset_x]),
+        FLIP: _flip_decision(seeds[1]),
+        RGB: rgb,
+    }
+
+
+def eval_crop(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
+    """The host's half of the centre-crop test view: ``{IMAGE: uint8 [c, c, 3], CROP: int32 [2]}``."""
+    _check_config(config)
+    size, crop = config.image_size, config.input_size
+    offset = (size - crop) // 2
+    return {
+        IMAGE: _decode_crop_of_square(encoded, size, offset, offset, crop),
+        CROP: tf.constant([offset, offset], tf.int32),
+    }
+
+
+def ten_crop_square(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
+    """The host's half of the ten test patches: the central square, ``{SQUARE: uint8 [s, s, 3]}``.
+
+    One uint8 square is 196,608 bytes at 256, against 6.2 MB for ten float32 patches of 227.
+    """
+    _check_config(config)
+    return {SQUARE: _decode_square(encoded, config.image_size)}
+
+
+# --------------------------------------------------------------------------------------------
+# The device's half
+
+
+def _mirror_where(flips: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Images [N, h, w, c] mirrored where ``flips`` [N] is true."""
+    return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+class DeviceFinish:
+    """The device's half of the preprocessing: the host's uint8 features -> the float32 views.
+
+    Called inside the compiled train, validation and evaluation steps on a batch of
+    ``train_crop`` / ``eval_crop`` / ``ten_crop_square`` features (any leading dimensions). It
+    casts the pixels to float, subtracts the mean image at each crop's offset (or the per-channel
+    mean), mirrors the flipped views and adds their colour offsets; for ``SQUARE`` it subtracts
+    the mean image from the square and cuts the ten patches. Images that are already float
+    (``data.array_inputs``, ``data.synthetic_inputs``) pass through unchanged.
+
+    Args:
+      config: supplies image_size, input_size, mean_subtraction.
+      stats: the training set's statistics; None only when every batch is already float.
+    """
+
+    def __init__(self, config: Config, stats: DatasetStatistics | None):
+        self.config = config
+        self.mean = None if stats is None else mean_to_subtract(config, stats)
+
+    def __call__(self, features: Any) -> Any:
+        if not isinstance(features, Mapping):
+            return features
+        if self.mean is None:
+            raise ValueError(
+                "the batches hold uint8 crops from data.make_dataset, which need the training set's "
+                "statistics on the device: pass stats= (e.g. statistics.load_statistics(data_dir))"
+            )
+        if SQUARE in features:
+            return self._ten_patches(features[SQUARE])
+        return self._crop_views(features)
+
+    def _crop_views(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        image = features[IMAGE]
+        crop = image.shape[-2]
+        leading = tf.shape(image)[:-3]
+        pixels = tf.reshape(tf.cast(image, tf.float32), [-1, crop, crop, 3])
+        if self.mean.ndim == 3:
+            means = self._mean_windows(tf.reshape(tf.cast(features[CROP], tf.int32), [-1, 2]), crop)
+        else:
+            means = tf.constant(self.mean)
+        images = pixels - means
+        if FLIP in features:
+            # Mirrored after the mean: a mirrored view has the mirrored mean window subtracted.
+            images = _mirror_where(tf.reshape(features[FLIP], [-1]), images)
+        if RGB in features:
+            images = images + tf.reshape(tf.cast(features[RGB], tf.float32), [-1, 1, 1, 3])
+        return tf.reshape(images, tf.concat([leading, [crop, crop, 3]], axis=0))
+
+    def _mean_windows(self, offsets: tf.Tensor, crop: int) -> tf.Tensor:
+        """[N, crop, crop, 3]: the mean image's window at each (y, x) of ``offsets`` [N, 2]."""
+        size = self.mean.shape[0]
+        span = tf.range(crop)
+        rows = offsets[:, :1] + span  # [N, crop]
+        columns = offsets[:, 1:] + span
+        pixels = rows[:, :, None] * size + columns[:, None, :]  # [N, crop, crop], into the flat mean
+        return tf.gather(tf.constant(self.mean.reshape(size * size, 3)), pixels)
+
+    def _ten_patches(self, square: tf.Tensor) -> tf.Tensor:
+        squares = tf.cast(square, tf.float32) - tf.constant(self.mean)
+        return ten_crop(squares, self.config.input_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Both halves, for one image
+
+
 def preprocess_for_train(
     encoded: tf.Tensor, config: Config, stats: DatasetStatistics, seed: tf.Tensor | None = None
 ) -> tf.Tensor:
-    """The paper's training view (section 4.1) of one encoded image.
+    """The paper's training view (section 4.1) of one encoded image: ``train_crop`` then ``DeviceFinish``.
 
     Central square at ``config.image_size``, a random ``config.input_size`` crop, a random
     horizontal flip, mean subtraction, PCA colour noise with ``config.pca_std`` (0 turns it off).
@@ -308,26 +465,7 @@ def preprocess_for_train(
     Returns:
       float32 [input_size, input_size, 3], 0-255 scale minus the mean.
     """
-    mean = mean_to_subtract(config, stats)
-    size, crop = config.image_size, config.input_size
-    seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), 3)
-    offset_y, offset_x = random_crop_offsets(seeds[0], size, size, crop)
-    flip = _flip_decision(seeds[1])
-    image = _decode_crop_of_square(encoded, size, offset_y, offset_x, crop, flip)
-    if mean.ndim == 3:
-        # The flipped crop of (image - mean) is the flipped image crop minus the same window of
-        # the mirrored mean image, which starts at size - offset_x - crop.
-        means = tf.constant(np.stack([mean, mean[:, ::-1]]))
-        mean_x = tf.where(flip, size - offset_x - crop, offset_x)
-        image = image - means[tf.cast(flip, tf.int32), offset_y : offset_y + crop, mean_x : mean_x + crop]
-        rgb = tf.zeros([3])
-    else:
-        rgb = tf.constant(-mean)
-    if config.pca_std > 0:
-        rgb = rgb + pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2])
-    elif mean.ndim == 3:
-        return image
-    return _add_rgb(image, rgb)
+    return DeviceFinish(config, stats)(train_crop(encoded, config, stats, seed))
 
 
 def preprocess_for_eval(encoded: tf.Tensor, config: Config, stats: DatasetStatistics) -> tf.Tensor:
@@ -338,13 +476,7 @@ def preprocess_for_eval(encoded: tf.Tensor, config: Config, stats: DatasetStatis
     Returns:
       float32 [input_size, input_size, 3].
     """
-    mean = mean_to_subtract(config, stats)
-    size, crop = config.image_size, config.input_size
-    offset = (size - crop) // 2
-    image = _decode_crop_of_square(encoded, size, offset, offset, crop)
-    if mean.ndim == 3:
-        return image - tf.constant(mean[offset : offset + crop, offset : offset + crop])
-    return _add_rgb(image, tf.constant(-mean))
+    return DeviceFinish(config, stats)(eval_crop(encoded, config))
 
 
 def preprocess_for_ten_crop(encoded: tf.Tensor, config: Config, stats: DatasetStatistics) -> tf.Tensor:
@@ -353,6 +485,4 @@ def preprocess_for_ten_crop(encoded: tf.Tensor, config: Config, stats: DatasetSt
     Returns:
       float32 [10, input_size, input_size, 3].
     """
-    mean = mean_to_subtract(config, stats)
-    square = _resize_square(_decode_central_square(encoded), config.image_size)
-    return ten_crop(square - tf.constant(mean), config.input_size)
+    return DeviceFinish(config, stats)(ten_crop_square(encoded, config))

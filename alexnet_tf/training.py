@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
+from alexnet_tf import curves, data, distribute, evaluation, export, paths, preprocess, statistics
 from alexnet_tf import model as model_lib
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
@@ -61,10 +61,15 @@ class Trainer:
     Args:
       config: the run's configuration.
       strategy: where to run; ``distribute.make_strategy()`` when None.
+      stats: the training set's statistics, which the steps need to finish the input pipeline's
+        uint8 crops on the device (``Inputs.stats``); None when the batches are float images.
     """
 
-    def __init__(self, config: Config, strategy: tf.distribute.Strategy | None = None):
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy | None = None,
+                 stats: statistics.DatasetStatistics | None = None):
         self.config = config
+        # The device's half of the preprocessing, first in the train and validation steps.
+        self.finish = preprocess.DeviceFinish(config, stats)
         self.strategy = strategy or distribute.make_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
@@ -104,7 +109,7 @@ class Trainer:
         return self.config.batch_size
 
     def _make_train_step(self) -> Callable[[Any], list[tf.Tensor]]:
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        model, optimizer, strategy, finish = self.model, self.optimizer, self.strategy, self.finish
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         global_batch = self.global_batch
         top_k = min(TOP_K, self.config.num_classes)
@@ -120,6 +125,7 @@ class Trainer:
         forward_backward = tf.function(forward_backward, jit_compile=self.config.jit_compile)
 
         def replica_step(images, labels):
+            images = finish(images)
             loss, gradients, probabilities = forward_backward(images, labels)
             # The loss clips probabilities, so it can stay finite while the network turns to NaN:
             # the probabilities and gradients tell. (Under loss scaling, overflowing gradients are
@@ -144,7 +150,7 @@ class Trainer:
         return train_step
 
     def _make_eval_step(self) -> Callable[[Any], list[tf.Tensor]]:
-        model, strategy = self.model, self.strategy
+        model, strategy, finish = self.model, self.strategy, self.finish
         top_k = min(TOP_K, self.config.num_classes)
 
         def figures(images, labels):
@@ -153,6 +159,7 @@ class Trainer:
             return (loss, *evaluation.correct_counts(labels, probabilities, top_k))
 
         def replica_step(images, labels):
+            images = finish(images)
             # The last global batch can leave a replica without images; a convolution of an
             # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
             return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
@@ -302,7 +309,7 @@ def _start(config: Config, workdir: str, inputs: Inputs, strategy: tf.distribute
         if inputs.stats is not None:
             # The preprocessing travels with the model: evaluation reads these, not the data dir's.
             inputs.stats.save(workdir)
-    trainer = Trainer(config, strategy)
+    trainer = Trainer(config, strategy, inputs.stats)
     checkpoints = workdir_lib.Checkpoints(trainer.checkpoint, trainer.global_step, workdir, chief,
                                           distribute.task_id(strategy))
     if latest:

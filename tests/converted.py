@@ -56,12 +56,16 @@ class DrawnSet:
 
 @dataclasses.dataclass(frozen=True)
 class RealSet:
-    """The first images of every class of the Imagenette copy in ``../shared/data``."""
+    """The first images of every class of the Imagenette copy in ``../shared/data``.
+
+    ``resize`` is the converter's ``--resize`` (None keeps the JPEGs byte for byte).
+    """
 
     train_per_class: int = 16
     val_per_class: int = 6
     train_shards: int = 2
     validation_shards: int = 2
+    resize: int | None = None
 
 
 def cycling(count: int, num_classes: int = len(synthetic_data.CLASS_NAMES)) -> tuple[int, ...]:
@@ -152,6 +156,7 @@ def convert_real(spec: RealSet, root: pathlib.Path, shared_data: pathlib.Path) -
         labels_file=str(labels_file),
         train_shards=spec.train_shards,
         validation_shards=spec.validation_shards,
+        resize=spec.resize,
         num_workers=1,
     )
     return output

@@ -48,6 +48,6 @@ def train_tiny_run(data_dir: pathlib.Path) -> TinyRun:
     model = build_from_config(config, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     train = data.make_dataset(data.file_pattern(str(data_dir), "train"), True, config, stats=stats, repeat=False)
-    model.fit(train, epochs=EPOCHS, verbose=0)
+    model.fit(data.finish_on_host(train, config, stats), epochs=EPOCHS, verbose=0)
     labels = np.array([r.label for r in validation], np.int32)
     return TinyRun(str(data_dir), config, stats, model, wnids, names, [r.encoded for r in validation], labels)

@@ -13,7 +13,7 @@ from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_reco
 
 from alexnet_tf import data, preprocess, records
 from alexnet_tf.config import get_config
-from alexnet_tf.statistics import imagenet_statistics
+from alexnet_tf.statistics import imagenet_statistics, load_statistics
 
 NUM_IMAGES = len(ASSORTED.train_labels)  # labels 0..23, one per image
 
@@ -37,6 +37,10 @@ def config():
 
 def _labels(dataset) -> list[int]:
     return [int(v) for _, labels in dataset for v in labels.numpy()]
+
+
+def _arrays(features) -> dict[str, np.ndarray]:
+    return {key: value.numpy() for key, value in features.items()}
 
 
 def test_file_pattern(shards, tmp_path):
@@ -65,7 +69,10 @@ def test_file_pattern(shards, tmp_path):
 def test_eval_reads_every_record_once_in_order(shards, config, stored):
     stats = imagenet_statistics()
     dataset = data.make_dataset(data.file_pattern(str(shards), "train"), False, config, stats=stats)
-    batches = list(dataset)
+    features = next(iter(dataset))[0]
+    # The host sends the uint8 centre crops; the mean is the device's.
+    assert features[preprocess.IMAGE].dtype == tf.uint8 and features[preprocess.IMAGE].shape == (4, 67, 67, 3)
+    batches = list(data.finish_on_host(dataset, config, stats))
     assert [b[0].shape[0] for b in batches] == [4] * 6
     # Every label once (one image per class), in the order the shards hold the records.
     assert sorted(r.label for r in stored) == list(range(NUM_IMAGES))
@@ -87,7 +94,9 @@ def test_eval_ten_crop(shards, config):
     dataset = data.make_dataset(
         data.file_pattern(str(shards), "validation"), False, config, stats=stats, ten_crop=True
     )
-    images, labels = next(iter(dataset))
+    # The host sends each image's uint8 square once; the device cuts the ten patches.
+    assert next(iter(dataset))[0][preprocess.SQUARE].shape == (4, 76, 76, 3)
+    images, labels = next(iter(data.finish_on_host(dataset, config, stats)))
     assert images.shape == (4, 10, 67, 67, 3) and labels.shape == (4,)
     # The first four records of validation shard 0: each row is the ten patches of that image.
     first = read_records(shards, "validation")[:4]
@@ -109,8 +118,12 @@ def test_train_batches_shuffled_and_dropping_remainder(shards, config):
     dataset = data.make_dataset(pattern, True, config.replace(batch_size=5), repeat=False)
     batches = list(dataset)
     assert len(batches) == 4  # 24 records, batches of 5, the short one dropped
-    for images, labels in batches:
-        assert images.shape == (5, 67, 67, 3) and images.dtype == tf.float32 and labels.dtype == tf.int32
+    for features, labels in batches:
+        images = features[preprocess.IMAGE]
+        assert images.shape == (5, 67, 67, 3) and images.dtype == tf.uint8 and labels.dtype == tf.int32
+        assert features[preprocess.CROP].shape == (5, 2) and features[preprocess.FLIP].dtype == tf.bool
+        assert np.all((features[preprocess.CROP].numpy() >= 0) & (features[preprocess.CROP].numpy() <= 76 - 67))
+        assert features[preprocess.RGB].shape == (5, 3) and features[preprocess.RGB].dtype == tf.float32
     labels = _labels(batches)
     assert len(set(labels)) == 20 and set(labels) <= set(range(NUM_IMAGES))
     # Repeating (the training default) goes past one epoch.
@@ -122,14 +135,16 @@ def test_deterministic_mode_repeats_exactly(shards, config):
     deterministic = config.replace(deterministic=True, seed=3)
 
     def run(cfg):
-        return [(x.numpy(), y.numpy()) for x, y in data.make_dataset(pattern, True, cfg).take(8)]
+        return [(_arrays(x), y.numpy()) for x, y in data.make_dataset(pattern, True, cfg).take(8)]
 
     first, second = run(deterministic), run(deterministic)
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
         np.testing.assert_array_equal(y1, y2)
-        np.testing.assert_array_equal(x1, x2)
+        for key in x1:
+            np.testing.assert_array_equal(x1[key], x2[key])
     other = run(deterministic.replace(seed=4))
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+    image = preprocess.IMAGE
+    assert any(not np.array_equal(a[0][image], b[0][image]) for a, b in zip(first, other, strict=True))
     # Two epochs are not copies of each other (fresh file order, shuffle and augmentation).
     labels = np.concatenate([y for _, y in first])
     assert not np.array_equal(labels[:24], labels[24:48])
@@ -193,20 +208,29 @@ def test_statistics_beside_the_shards_are_used(shards, config, stored, tmp_path)
     shards = copy_shards(shards, tmp_path / "records")
     stats = imagenet_statistics()
     stats.mean_rgb = np.array([1.0, 2.0, 3.0], np.float32)
+    stats.eigenvalues = np.zeros(3, np.float32)  # no colour noise
     stats.save(str(shards))
-    images, _ = next(iter(data.make_dataset(data.file_pattern(str(shards), "train"), False, config)))
+    pattern = data.file_pattern(str(shards), "train")
+    # The mean reaches the device through the run's inputs.
+    inputs = data.record_inputs(config, str(shards))
+    features, _ = next(iter(data.make_dataset(pattern, False, config)))
+    images = preprocess.DeviceFinish(config, inputs.stats)(features)
     expected = preprocess.preprocess_for_eval(stored[0].encoded, config, imagenet_statistics()).numpy()
     # The published means were subtracted there; here (1, 2, 3).
     np.testing.assert_allclose(
         images[0].numpy(), expected + imagenet_statistics().mean_rgb - [1, 2, 3], atol=1e-3
     )
+    # The host draws the colour noise from the eigen-decomposition beside the shards: none here.
+    features, _ = next(iter(data.make_dataset(pattern, True, config.replace(pca_std=0.1))))
+    np.testing.assert_array_equal(features[preprocess.RGB].numpy(), 0.0)
 
 
 def test_real_jpegs_through_the_pipeline(converted):
     real = converted(IMAGENETTE)  # Imagenette photographs, converted
     config = get_config("paper", batch_size=4, shuffle_buffer=16)
-    images, labels = next(iter(data.make_dataset(data.file_pattern(str(real), "train"), True, config)))
-    assert images.shape == (4, 227, 227, 3) and labels.shape == (4,)
+    features, labels = next(iter(data.make_dataset(data.file_pattern(str(real), "train"), True, config)))
+    assert features[preprocess.IMAGE].shape == (4, 227, 227, 3) and labels.shape == (4,)
+    images = preprocess.DeviceFinish(config, load_statistics(str(real)))(features)
     # Mean-subtracted raw pixels: centred near 0, on the 0-255 scale.
     assert -128 < float(tf.reduce_mean(images)) < 128 and float(tf.reduce_max(images)) > 50
 
@@ -225,7 +249,7 @@ def test_reads_shards_built_by_the_converter(converted, shared_data):
     pattern = data.file_pattern(str(real), "validation")
     evaluated = list(data.make_dataset(pattern, False, config))
     assert _labels(evaluated) == [r.label for r in stored]
-    assert evaluated[0][0].shape == (2, 227, 227, 3)
+    assert evaluated[0][0][preprocess.IMAGE].shape == (2, 227, 227, 3)
     trained = list(data.make_dataset(pattern, True, config, repeat=False))
     assert sorted(_labels(trained)) == expected
 

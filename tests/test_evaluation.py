@@ -133,9 +133,11 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
     ten = evaluation.data.make_dataset(
         evaluation.data.file_pattern(run.data_dir, "validation"), False, config, stats=run.stats, ten_crop=True
     )
+    finish = preprocess.DeviceFinish(config, run.stats)
     centre_top, centre_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), dataset, 10, False,
-                                                            progress=False)
-    ten_top, ten_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), ten, 10, True, progress=False)
+                                                            progress=False, finish=finish)
+    ten_top, ten_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), ten, 10, True, progress=False,
+                                                      finish=finish)
     np.testing.assert_array_equal(centre_labels, ten_labels)
     np.testing.assert_array_equal(centre_top, ten_top)
 

@@ -227,11 +227,14 @@ def test_pca_noise_variance_per_eigen_direction(stats):
         np.testing.assert_allclose(got, vectors @ (alpha * values), rtol=1e-5, atol=1e-5)
 
 
+def _rounded_square(encoded, image_size: int) -> np.ndarray:
+    """The central square as the host sends it: the float resize rounded to whole grey levels."""
+    return np.round(preprocess.center_square(preprocess.decode_rgb(encoded), image_size).numpy())
+
+
 def _mean_subtracted_square(encoded, config, stats):
     """The central square minus the per-channel mean: every training view is a crop of it."""
-    return (
-        preprocess.center_square(preprocess.decode_rgb(encoded), config.image_size).numpy() - stats.mean_rgb
-    )
+    return _rounded_square(encoded, config.image_size) - stats.mean_rgb
 
 
 def _matches_some_crop(out: np.ndarray, square: np.ndarray, atol: float) -> bool:
@@ -271,7 +274,7 @@ def test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square(tiny
     stats.mean_image = np.random.default_rng(2).uniform(0, 255, (76, 76, 3)).astype(np.float32)
     config = tiny.replace(pca_std=0.0, mean_subtraction="image")
     for encoded in (_jpeg(_smooth_uint8(76, 101)), tf.io.encode_png(_random_uint8(90, 77))):
-        square = preprocess.center_square(preprocess.decode_rgb(encoded), 76).numpy() - stats.mean_image
+        square = _rounded_square(encoded, 76) - stats.mean_image
         for i in range(6):
             out = _both(
                 lambda e, s: preprocess.preprocess_for_train(e, config, stats, s),
@@ -320,7 +323,7 @@ def test_eval_view_known_answer_with_mean_image(tiny):
     stats = imagenet_statistics()
     stats.mean_image = mean_image
     config = tiny.replace(mean_subtraction="image")
-    square = preprocess.center_square(image, 76).numpy()
+    square = np.round(preprocess.center_square(image, 76).numpy())
     offset = (76 - 67) // 2
     expected = (square - mean_image)[offset : offset + 67, offset : offset + 67]
     np.testing.assert_allclose(
@@ -328,6 +331,40 @@ def test_eval_view_known_answer_with_mean_image(tiny):
     )
     crops = preprocess.preprocess_for_ten_crop(encoded, config, stats).numpy()
     np.testing.assert_allclose(crops, preprocess.ten_crop(square - mean_image, 67).numpy(), atol=1e-3)
+
+
+def test_device_finish_known_answer_in_batches_and_floats_pass_through(tiny):
+    """The device's half: each view is mirror(crop - mean window at its offset) + rgb, batched or not."""
+    stats = imagenet_statistics()
+    stats.mean_image = np.random.default_rng(3).uniform(0, 255, (76, 76, 3)).astype(np.float32)
+    config = tiny.replace(mean_subtraction="image")
+    images = [_random_uint8(90, 77), _smooth_uint8(76, 101), _random_uint8(80, 80)] * 3
+    features = [preprocess.train_crop(tf.io.encode_png(image), config, stats, tf.constant([i, 3]))
+                for i, image in enumerate(images)]
+    batch = {key: tf.stack([f[key] for f in features]) for key in features[0]}
+    assert batch[preprocess.IMAGE].dtype == tf.uint8
+    finish = preprocess.DeviceFinish(config, stats)
+    finished = tf.function(finish)(batch).numpy()
+    assert finished.shape == (9, 67, 67, 3) and finished.dtype == np.float32
+    flips = batch[preprocess.FLIP].numpy()
+    assert 0 < flips.sum() < len(flips)
+    for i, f in enumerate(features):
+        y, x = f[preprocess.CROP].numpy()
+        expected = f[preprocess.IMAGE].numpy() - stats.mean_image[y : y + 67, x : x + 67]
+        expected = (expected[:, ::-1] if flips[i] else expected) + f[preprocess.RGB].numpy()
+        np.testing.assert_allclose(finished[i], expected, atol=1e-3)
+        np.testing.assert_allclose(finish(f).numpy(), expected, atol=1e-3)
+    # Per-channel means: the same crops minus one RGB mean.
+    channel = preprocess.DeviceFinish(config.replace(mean_subtraction="channel"), stats)(batch).numpy()
+    pixels = batch[preprocess.IMAGE].numpy().astype(np.float32)
+    pixels = np.where(flips[:, None, None, None], pixels[:, :, ::-1], pixels)
+    np.testing.assert_allclose(channel, pixels - stats.mean_rgb + batch[preprocess.RGB].numpy()[:, None, None],
+                               atol=1e-3)
+    # Float images (arrays, synthetic inputs) are finished already.
+    floats = tf.zeros([2, 67, 67, 3])
+    assert finish(floats) is floats
+    with pytest.raises(ValueError, match="stats="):
+        preprocess.DeviceFinish(config, None)(batch)
 
 
 def test_mean_image_of_another_size_is_resized(tiny):

@@ -20,9 +20,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
-from converted import DrawnSet, copy_shards, cycling, read_records  # noqa: E402
+from converted import ASSORTED, IMAGENETTE, DrawnSet, RealSet, copy_shards, cycling, read_records  # noqa: E402
 
-from alexnet_tf import data, evaluation, training  # noqa: E402
+from alexnet_tf import data, evaluation, preprocess, statistics, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -179,6 +179,42 @@ def test_dropout_masks_are_independent_across_replicas(tmp_path, devices):
     assert figures["equals_one_device"]
 
 
+# Imagenette's 224x224 photographs converted with the paper's --resize=256: every training crop
+# is decoded alone (decode_and_crop_jpeg), no resize.
+IMAGENETTE_256 = RealSet(train_per_class=2, val_per_class=1, resize=256)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_device_finish_equals_the_float_pipeline(converted, tmp_path, devices):
+    """The uint8 crops finished in the compiled step are today's float training views, same seeds.
+
+    Mean image, mirrored with the crop, and the paper's colour noise, on 1 and 2 replicas: from
+    --resize=256 shards (Imagenette) and drawn images whose shorter side is already image_size,
+    to float rounding; from originals (Imagenette's 224 enlarged to 256; drawn images of assorted
+    sizes shrunk or enlarged to 76), whose resize now ends in uint8, within its rounding (0.5).
+    """
+    sets = [
+        {"name": "resized_256", "data_dir": str(converted(IMAGENETTE_256)), "preset": "paper"},
+        {"name": "originals_224", "data_dir": str(converted(IMAGENETTE)), "preset": "paper"},
+        {"name": "assorted", "data_dir": str(converted(ASSORTED)), "preset": "tiny"},
+    ]
+    out = tmp_path / "finish.json"
+    _run_script("finish", devices, out, json.dumps(sets))
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    assert results["resized_256"]["exact"] == results["resized_256"]["images"] == 16
+    assert results["originals_224"]["exact"] == 0 and results["originals_224"]["images"] == 160
+    assert 0 < results["assorted"]["exact"] < results["assorted"]["images"] == 24  # both paths
+    for result in results.values():
+        assert result["replicas"] == devices
+        assert 0 < result["flipped"] < result["images"], result  # mirrored and plain views both
+        assert result["max_view"] > 50, result  # real pixels, not zeros
+        if result["exact"]:
+            assert result["max_difference_exact"] <= 1e-3, result
+        if result["exact"] < result["images"]:
+            assert result["max_difference_resized"] <= 0.5 + 1e-3, result
+            assert result["mean_difference_resized"] > 0.05, result  # the rounding is there, and small
+
+
 @pytest.mark.parametrize("devices", [2, 4])
 def test_evaluation_counts_every_record_once_with_empty_replicas(converted, tmp_path, devices):
     data_dir = converted(THIRTEEN)
@@ -302,9 +338,10 @@ def _evaluate(devices, out, data_dir):
     for batch_size in (int(devices), 2 * int(devices) + 1):
         config = base.replace(batch_size=batch_size)
         report = evaluation.evaluate(model, config, data_dir, strategy=strategy, progress=False)
-        trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy)
+        inputs = data.record_inputs(config, data_dir)
+        trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy, inputs.stats)
         trainer.model.set_weights(one_model.get_weights())
-        validation = trainer.validate(data.record_inputs(config, data_dir))
+        validation = trainer.validate(inputs)
         cases.append({
             "batch_size": batch_size,
             "num_images": report["num_images"],
@@ -315,6 +352,91 @@ def _evaluate(devices, out, data_dir):
     pathlib.Path(out).write_text(json.dumps({"one_device_errors": errors(reference), "cases": cases}))
 
 
+def _float_training_view(encoded, config, stats, seed):
+    """The training view as the float pipeline computed it before the uint8 host pipeline.
+
+    The same seeds for the same draws; the central square decoded and resized in float (or, when
+    its side already is image_size, only the crop decoded); the crop mirrored, minus the mean
+    image's window mirrored with it, plus the colour offset.
+    """
+    size, crop = config.image_size, config.input_size
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    offset_y, offset_x = preprocess.random_crop_offsets(seeds[0], size, size, crop)
+    flip = tf.random.stateless_uniform([], seed=seeds[1]) < preprocess.FLIP_PROBABILITY
+    shape = tf.image.extract_jpeg_shape(encoded)  # the converter writes every record as JPEG
+    side = tf.reduce_min(shape[:2])
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+
+    def crop_only():
+        window = tf.stack([top + offset_y, left + offset_x, crop, crop])
+        return tf.cast(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), tf.float32)
+
+    def from_square():
+        square = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, side, side]), channels=3)
+        return preprocess.center_square(square, size)[offset_y : offset_y + crop, offset_x : offset_x + crop]
+
+    image = tf.cond(side == size, crop_only, from_square)
+    image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+    mean = preprocess.mean_to_subtract(config, stats)
+    means = tf.constant(np.stack([mean, mean[:, ::-1]]))
+    mean_x = tf.where(flip, size - offset_x - crop, offset_x)
+    image = image - means[tf.cast(flip, tf.int32), offset_y : offset_y + crop, mean_x : mean_x + crop]
+    rgb = preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2])
+    return image + rgb, side == size
+
+
+def _finish(devices, out, sets):
+    """Training batches finished on the device against the float views of the same records and seeds."""
+    names = _logical_devices(devices)
+    strategy = tf.distribute.MirroredStrategy(names) if len(names) > 1 else tf.distribute.OneDeviceStrategy(names[0])
+    host_half = preprocess.train_crop
+
+    def with_reference(encoded, config, stats, seed):
+        features = host_half(encoded, config, stats, seed)
+        features["reference"], features["exact"] = _float_training_view(encoded, config, stats, seed)
+        return features
+
+    preprocess.train_crop = with_reference  # what data.make_dataset maps, traced below
+    results = []
+    for spec in json.loads(sets):
+        data_dir = spec["data_dir"]
+        config = get_config(spec["preset"], num_classes=1000, batch_size=8, deterministic=True, seed=5,
+                            mean_subtraction="image", pca_std=0.1)
+        stats = statistics.load_statistics(data_dir)
+        assert stats.mean_image is not None
+        pattern = data.file_pattern(data_dir, "train")
+        batches = strategy.distribute_datasets_from_function(
+            lambda context, pattern=pattern, config=config, stats=stats: data.make_dataset(
+                pattern, True, config, input_context=context, stats=stats))
+        finish = preprocess.DeviceFinish(config, stats)
+
+        @tf.function
+        def step(batch, finish=finish):
+            def replica(features, labels):
+                flags = [tf.cast(features[key], tf.int32) for key in ("exact", preprocess.FLIP)]  # gather takes no bool
+                return finish(features), features["reference"], *flags
+
+            return [strategy.gather(t, axis=0) for t in strategy.run(replica, args=batch)]
+
+        views, references, exact, flips = [], [], [], []
+        iterator = iter(batches)
+        for _ in range(data.count_records(data_dir, "train") // config.batch_size):
+            for values, outputs in zip(step(next(iterator)), (views, references, exact, flips), strict=True):
+                outputs.append(values.numpy())
+        views, references = np.concatenate(views), np.concatenate(references)
+        exact, flips = np.concatenate(exact).astype(bool), np.concatenate(flips)
+        difference = np.abs(views - references).reshape(len(views), -1).max(axis=1)
+        mean_difference = np.abs(views - references).reshape(len(views), -1).mean(axis=1)
+        results.append({
+            "name": spec["name"], "replicas": strategy.num_replicas_in_sync, "images": len(views),
+            "exact": int(exact.sum()), "flipped": int(flips.sum()), "max_view": float(np.abs(views).max()),
+            "max_difference_exact": float(difference[exact].max(initial=0.0)),
+            "max_difference_resized": float(difference[~exact].max(initial=0.0)),
+            "mean_difference_resized": float(mean_difference[~exact].mean()) if (~exact).any() else 0.0,
+        })
+    pathlib.Path(out).write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
-    modes = {"scaling": _scaling, "dropout": _dropout, "evaluate": _evaluate}
+    modes = {"scaling": _scaling, "dropout": _dropout, "evaluate": _evaluate, "finish": _finish}
     modes[sys.argv[1]](*sys.argv[2:])
