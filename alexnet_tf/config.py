@@ -51,6 +51,11 @@ class Config:
     jit_compile: bool = False
     steps_per_epoch: int = 0  # 0: one pass over the training records
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    # Training steps per call to the device (one tf.function): the host (progress bar, TensorBoard,
+    # SIGTERM, NaN check, checkpoints) sees the run once per loop. Measured here (benchmarks/training.py,
+    # a model with a ~2 ms step): XXX.
+    steps_per_loop: int = 10
+    profile_steps: str = ""  # "a,b": a TensorBoard profile of global steps a to b (logs/profile)
 
     # Serving export (export.py).
     export_precision: str = "float32"  # "float32" or "bfloat16" (weights stored in bfloat16)
