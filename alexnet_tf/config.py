@@ -54,7 +54,7 @@ class Config:
     # Training steps per call to the device (one tf.function): the host (progress bar, TensorBoard,
     # SIGTERM, NaN check, checkpoints) sees the run once per loop. Measured here (benchmarks/training.py,
     # a model with a ~2 ms step): XXX.
-    steps_per_loop: int = 10
+    steps_per_loop: int = 20
     profile_steps: str = ""  # "a,b": a TensorBoard profile of global steps a to b (logs/profile)
 
     # Serving export (export.py).

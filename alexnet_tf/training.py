@@ -108,6 +108,7 @@ class Trainer:
         )
         self._train_step = self._make_train_step()
         self._train_loop = self._make_train_loop()
+        self._loop_iterator, self._loop_function = None, None
         self._eval_step = self._make_eval_step()
 
     @property
@@ -153,7 +154,7 @@ class Trainer:
 
         return train_step
 
-    def _make_train_loop(self) -> Callable[[Iterator, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    def _make_train_loop(self) -> Callable[[Iterator, tf.Tensor], tf.Tensor]:
         step = self._train_step
 
         # Many steps per call: the host sees the device once per loop. The step count is a
@@ -162,15 +163,16 @@ class Trainer:
         @tf.function
         def train_loop(iterator, steps):
             totals = tf.zeros([4])  # loss x images, top-1 correct, top-5 correct, images
-            first_non_finite = tf.constant(-1)
+            first_non_finite = tf.constant(-1.0)
             for i in tf.range(steps):
                 loss, top1, top5, count, non_finite = step(next(iterator))
                 totals += tf.stack([loss * count, top1, top5, count])
                 if non_finite > 0:
                     # The same reduced flag on every replica and worker: they all leave here.
-                    first_non_finite = i
+                    first_non_finite = tf.cast(i, tf.float32)
                     break
-            return totals, first_non_finite
+            # One tensor: one transfer to the host per loop.
+            return tf.concat([totals, [first_non_finite]], axis=0)
 
         return train_loop
 
@@ -222,10 +224,13 @@ class Trainer:
           the loop) of the first step whose loss, probabilities or gradients were not finite on
           some replica, or None. The loop stops after that step.
         """
-        totals, first_non_finite = self._train_loop(iterator, tf.constant(steps, tf.int32))
-        loss_sum, top1, top5, count = (float(v) for v in totals.numpy())
-        first = int(first_non_finite)
-        return LoopFigures(loss_sum, top1, top5, count), (first if first >= 0 else None)
+        if self._loop_iterator is not iterator:
+            # Looked up once per iterator: finding the traced function for an iterator argument
+            # costs about as much host time as the rest of a loop's bookkeeping.
+            self._loop_function = self._train_loop.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
+            self._loop_iterator = iterator
+        *totals, first = (float(v) for v in self._loop_function(iterator, tf.constant(steps, tf.int32)).numpy())
+        return LoopFigures(*totals), (int(first) if first >= 0 else None)
 
     def train_step(self, iterator: Iterator) -> tuple[float, float, float, float]:
         """One optimisation step: (mean loss, top-1 correct, top-5 correct, images).

@@ -311,11 +311,10 @@ def test_sigterm_stops_after_the_loop_and_the_run_resumes_exactly(tmp_path):
     assert loops == [5, 8, 10]  # the rest of epoch 1, then epoch 2
     whole = training.train(config, str(tmp_path / "whole"), inputs=inputs, verbose=False, finish=False)
     assert resumed["global_step"] == whole["global_step"] == 10
-    checkpoints = [workdir_lib.latest_checkpoint(str(tmp_path / name)) for name in ("stopped", "whole")]
-    for name, _ in tf.train.list_variables(checkpoints[0]):
-        if name.startswith("model/"):
-            a, b = (tf.train.load_variable(path, name) for path in checkpoints)
-            np.testing.assert_array_equal(a, b, err_msg=name)
+    a, b = (_run_state(workdir_lib.latest_checkpoint(str(tmp_path / name))) for name in ("stopped", "whole"))
+    assert a.keys() == b.keys() and len([name for name in a if name.startswith(_WEIGHTS)]) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
@@ -498,6 +497,16 @@ def _mirrored(out):
     pathlib.Path(out).write_text(json.dumps(variants))
 
 
+# The model's weights as a run's checkpoint names them (reached through the optimizer first).
+_WEIGHTS = "optimizer/_trainable_variables/"
+
+
+def _run_state(checkpoint):
+    """Everything a run's checkpoint holds (weights, slots, steps, schedule, dropout state) but its save count."""
+    return {name: tf.train.load_variable(checkpoint, name) for name, _ in tf.train.list_variables(checkpoint)
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
+
+
 def _loops(out):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -512,19 +521,16 @@ def _loops(out):
         training.train(config.replace(steps_per_loop=steps_per_loop), workdir, inputs=inputs, strategy=strategy,
                        verbose=False, finish=False,
                        step_callback=lambda step, figures, found=found: found.append({"step": step, **figures}))
-        latest = workdir_lib.latest_checkpoint(workdir)
-        weights[steps_per_loop] = {name: tf.train.load_variable(latest, name)
-                                   for name, _ in tf.train.list_variables(latest) if name.startswith("model/")}
+        weights[steps_per_loop] = _run_state(workdir_lib.latest_checkpoint(workdir))
     # The same initial weights (the Trainer seeds them), under the same checkpoint names.
-    start = tf.train.Checkpoint(model=training.Trainer(config, strategy).model).write(
-        str(pathlib.Path(out).parent / "start" / "ckpt"))
-    initial = {name: tf.train.load_variable(start, name) for name, _ in tf.train.list_variables(start)
-               if name.startswith("model/")}
-    assert initial.keys() == weights[1].keys()
+    start = _run_state(training.Trainer(config, strategy).checkpoint.write(
+        str(pathlib.Path(out).parent / "start" / "ckpt")))
+    trained = [name for name in start if name.startswith(_WEIGHTS)]
+    assert len(trained) > 10 and start.keys() == weights[1].keys()
     pathlib.Path(out).write_text(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
-        "moved": max(float(np.abs(initial[name] - weights[1][name]).max()) for name in initial),
-        "identical": len(weights[1]) > 10 and weights[1].keys() == weights[4].keys()
+        "moved": max(float(np.abs(start[name] - weights[1][name]).max()) for name in trained),
+        "identical": weights[1].keys() == weights[4].keys()
         and all(np.array_equal(weights[1][name], weights[4][name]) for name in weights[1]),
         "calls": calls,
     }))
