@@ -5,9 +5,9 @@ over GPUs, ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.fu
 ``steps_per_loop`` steps, each ``strategy.run`` on a batch from ``distribute_datasets_from_function``,
 its figures summed over replicas and steps on the device, so the host (progress bar, TensorBoard,
 SIGTERM, the NaN check, checkpoints) sees the run once per loop. Keras 3's ``Model.fit`` fails
-under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), so it is not used. The optimiser and its schedule are
-``optimizer.py``'s, the batches ``data.Inputs``, and everything a run writes goes where
-``workdir.py`` says.
+under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), so it is not used. The optimiser
+and its schedule are ``optimizer.py``'s, the batches ``data.Inputs``, and everything a run writes
+goes where ``workdir.py`` says.
 
 Running again with the same work directory resumes from the latest checkpoint. Each epoch reads a
 fresh pipeline seeded by (seed, epoch), so in deterministic mode a resumed run sees the same
