@@ -59,7 +59,7 @@ flags.DEFINE_integer("batch_size", 32, "global batch for the full network (the p
 flags.DEFINE_integer("small_batch_size", 32, "batch for the small preset")
 flags.DEFINE_list("parts", ["throughput", "loop"], "throughput (fit, bare step, our loop) and/or loop "
                   "(loop_vs_in_graph)")
-flags.DEFINE_integer("loop_steps", 1500, "timed steps per loop_vs_in_graph measurement")
+flags.DEFINE_integer("loop_steps", 800, "timed steps per loop_vs_in_graph measurement")
 flags.DEFINE_integer("loop_batch_size", 4, "batch of the ~2 ms model")
 flags.DEFINE_integer("loop_input_size", 67, "input of the ~2 ms model")
 flags.DEFINE_float("loop_width", 0.0625, "width of the ~2 ms model")
