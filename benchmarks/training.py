@@ -16,7 +16,8 @@ Also prints the network's multiply-adds per image (counted from the layers' shap
 images/s and FLOP/s a 90-epoch ImageNet run needs to finish in one day.
 
 ``--parts=loop``: what the host's round trips cost when a step is as short as on a GPU. A
-scaled-down AlexNet built by the same code (``--loop_*`` flags: a step of about 2 ms here) trains
+scaled-down AlexNet built by the same code (``--loop_*`` flags, sized for about 2 ms a step on a
+quiet 2-core machine; it prints the step time it measured) trains
 on an in-memory batch, so the input pipeline is not the limit, two ways:
 
 * ``in_graph``: the Trainer's own train step in one ``tf.while_loop`` over all timed steps: one
