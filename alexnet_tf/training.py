@@ -469,12 +469,14 @@ class _Profiler:
     """``--profile_steps``: a TensorBoard profile (``tf.profiler``) of those global steps, on the chief.
 
     Loops end before the first and after the last profiled step, so the trace holds exactly
-    those steps (and the host's work between their loops).
+    those steps (and the host's work between their loops). Every worker ends its loops there, so
+    that all run the same loops; only the chief traces.
     """
 
     def __init__(self, spec: str, directory: str, chief: bool):
-        self.steps = parse_profile_steps(spec) if chief else None
+        self.steps = parse_profile_steps(spec)
         self.directory = directory
+        self.chief = chief
         self.running = False
 
     def bounds(self) -> tuple[int, ...]:
@@ -483,7 +485,7 @@ class _Profiler:
 
     def before_loop(self, global_step: int) -> None:
         """Starts the trace when the next step (``global_step + 1``) is the first to profile."""
-        if self.steps and not self.running and self.steps[0] <= global_step + 1 <= self.steps[1]:
+        if self.chief and self.steps and not self.running and self.steps[0] <= global_step + 1 <= self.steps[1]:
             logging.info("Profiling global steps %d-%d into %s", global_step + 1, self.steps[1], self.directory)
             tf.profiler.experimental.start(self.directory)
             self.running = True
@@ -491,7 +493,6 @@ class _Profiler:
     def after_loop(self, global_step: int) -> None:
         if self.running and global_step >= self.steps[1]:
             self.close()
-            self.steps = None  # once per run
 
     def close(self) -> None:
         """Stops a running trace and writes it (also when the run stops early)."""
