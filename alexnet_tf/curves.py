@@ -1,12 +1,13 @@
 """Learning curves of a run, drawn from the figures it logged: ``<workdir>/curves.png``.
 
-Training writes its figures as TensorBoard events (``logs/train``: every step's loss, top-1 and
-top-5 error and learning rate; ``logs/validation``: the same errors and loss at the end of each
-epoch, at the epoch's last global step). This module reads those events back, without the
-tensorboard package, and draws loss and error against epochs with the learning-rate drops
-marked, the way section 5 of the paper describes its schedule. Nothing is recomputed: the
-validation points are the logged ones, and a training epoch's point is the mean of its steps'
-logged figures (every step has a full batch, so that is the epoch's figure).
+Training writes its figures as TensorBoard events (``logs/train``: each loop of steps' mean loss,
+top-1 and top-5 error and learning rate, at the loop's last global step; ``logs/validation``: the
+same errors and loss at the end of each epoch, at the epoch's last global step). This module reads
+those events back, without the tensorboard package, and draws loss and error against epochs with
+the learning-rate drops marked, the way section 5 of the paper describes its schedule. Nothing is
+recomputed: the validation points are the logged ones, and a training epoch's point is the mean
+of its logged figures, each weighted by the steps since the epoch's previous point (loops never
+cross an epoch's end, and every step has a full batch, so that is the epoch's figure).
 """
 
 from __future__ import annotations
@@ -114,12 +115,18 @@ def epoch_figures(
     steps = steps_per_epoch or _steps_per_epoch(workdir, validation_steps)
     figures: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {split: {} for split in SPLITS}
     for tag in ("loss", "top1_error", "top5_error"):
-        by_epoch: dict[int, list[float]] = {}
+        by_epoch: dict[int, list[tuple[int, float]]] = {}
         for step, value in logged["train"].get(tag, {}).items():
-            by_epoch.setdefault((step - 1) // steps + 1, []).append(value)
-        complete = sorted(e for e, values in by_epoch.items() if len(values) == steps)
+            by_epoch.setdefault((step - 1) // steps + 1, []).append((step, value))
+        means = {}
+        for epoch, points in by_epoch.items():
+            points.sort()
+            if points[-1][0] == epoch * steps:  # else the epoch is under way
+                covered = np.diff([(epoch - 1) * steps] + [step for step, _ in points])
+                means[epoch] = np.average([value for _, value in points], weights=covered)
+        complete = sorted(means)
         figures["train"][tag] = (np.array(complete, np.float64),
-                                 np.array([np.mean(by_epoch[e]) for e in complete], np.float64))
+                                 np.array([means[e] for e in complete], np.float64))
         points = sorted(logged["validation"].get(tag, {}).items())
         figures["validation"][tag] = (np.array([s / steps for s, _ in points], np.float64),
                                       np.array([v for _, v in points], np.float64))

@@ -1,12 +1,13 @@
 """Training (section 5): the trainer, the loop, and the end of a run (evaluation and export).
 
 One loop serves every strategy (``distribute.make_strategy``: one device, ``MirroredStrategy``
-over GPUs, ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` step run
-by ``strategy.run`` on batches from ``distribute_datasets_from_function``, its figures summed over
-replicas. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy``
-(keras-team/keras#20585), so it is not used. The optimiser and its schedule are
-``optimizer.py``'s, the batches ``data.Inputs``, and everything a run writes goes where
-``workdir.py`` says.
+over GPUs, ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` that runs
+``steps_per_loop`` steps, each ``strategy.run`` on a batch from ``distribute_datasets_from_function``,
+its figures summed over replicas and steps on the device, so the host (progress bar, TensorBoard,
+SIGTERM, the NaN check, checkpoints) sees the run once per loop. Keras 3's ``Model.fit`` fails
+under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), so it is not used. The optimiser
+and its schedule are ``optimizer.py``'s, the batches ``data.Inputs``, and everything a run writes
+goes where ``workdir.py`` says.
 
 Running again with the same work directory resumes from the latest checkpoint. Each epoch reads a
 fresh pipeline seeded by (seed, epoch), so in deterministic mode a resumed run sees the same
@@ -22,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -43,6 +44,15 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped without saving."""
+
+
+class LoopFigures(NamedTuple):
+    """A training loop's figures, summed over its steps (and replicas) on the device."""
+
+    loss_sum: float  # each step's mean loss times its images
+    top1: float  # top-1 correct
+    top5: float  # top-5 correct
+    images: float
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +112,8 @@ class Trainer:
             rng=tf.train.Checkpoint(**{f"state_{i}": v for i, v in enumerate(rng_states)}),
         )
         self._train_step = self._make_train_step()
+        self._train_loop = self._make_train_loop()
+        self._loop_iterator, self._loop_function = None, None
         self._eval_step = self._make_eval_step()
 
     @property
@@ -141,13 +153,34 @@ class Trainer:
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return (loss, *evaluation.correct_counts(labels, probabilities, top_k), 1.0 - finite)
 
-        # Takes the batch, not the iterator: a new iterator each epoch would retrace the function.
-        @tf.function
+        # Traced inside the loop below (and the benchmark's in-graph loop), not compiled alone.
         def train_step(batch):
             results = strategy.run(replica_step, args=batch)
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
 
         return train_step
+
+    def _make_train_loop(self) -> Callable[[Iterator, tf.Tensor], tf.Tensor]:
+        step = self._train_step
+
+        # Many steps per call: the host sees the device once per loop. The step count is a
+        # tensor, so a shorter loop (an epoch's remainder, a checkpoint step) needs no new trace,
+        # and a new iterator of the same kind each epoch none either.
+        @tf.function
+        def train_loop(iterator, steps):
+            totals = tf.zeros([4])  # loss x images, top-1 correct, top-5 correct, images
+            first_non_finite = tf.constant(-1.0)
+            for i in tf.range(steps):
+                loss, top1, top5, count, non_finite = step(next(iterator))
+                totals += tf.stack([loss * count, top1, top5, count])
+                if non_finite > 0:
+                    # The same reduced flag on every replica and worker: they all leave here.
+                    first_non_finite = tf.cast(i, tf.float32)
+                    break
+            # One tensor: one transfer to the host per loop.
+            return tf.concat([totals, [first_non_finite]], axis=0)
+
+        return train_loop
 
     def _make_eval_step(self) -> Callable[[Any], list[tf.Tensor]]:
         model, strategy, finish = self.model, self.strategy, self.finish
@@ -190,13 +223,30 @@ class Trainer:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
+    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopFigures, int | None]:
+        """``steps`` optimisation steps in one call to the device.
+
+        Returns:
+          The loop's figures, summed over its steps on the device, and the index (0-based, in
+          the loop) of the first step whose loss, probabilities or gradients were not finite on
+          some replica, or None. The loop stops after that step.
+        """
+        if self._loop_iterator is not iterator:
+            # Looked up once per iterator: finding the traced function for an iterator argument
+            # costs about as much host time as the rest of a loop's bookkeeping.
+            self._loop_function = self._train_loop.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
+            self._loop_iterator = iterator
+        *totals, first = (float(v) for v in self._loop_function(iterator, tf.constant(steps, tf.int32)).numpy())
+        return LoopFigures(*totals), (int(first) if first >= 0 else None)
+
     def train_step(self, iterator: Iterator) -> tuple[float, float, float, float]:
         """One optimisation step: (mean loss, top-1 correct, top-5 correct, images).
 
         The loss is NaN when a replica's loss or gradients were not finite.
         """
-        loss, top1, top5, count, non_finite = self._train_step(next(iterator))
-        return (float(loss) if not non_finite else math.nan), float(top1), float(top5), float(count)
+        figures, non_finite = self.train_loop(iterator, 1)
+        loss = figures.loss_sum / figures.images if figures.images else 0.0
+        return (loss if non_finite is None else math.nan), figures.top1, figures.top5, figures.images
 
     def validate(self, inputs: Inputs) -> dict[str, float] | None:
         """Centre-crop loss and top-1/top-5 error over the validation inputs, or None without any."""
@@ -223,14 +273,14 @@ class Trainer:
 
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    """Turns SIGTERM into a flag the loop checks after each step (main thread only)."""
+    """Turns SIGTERM into a flag the loop checks after each loop of steps (main thread only)."""
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
-        logging.warning("SIGTERM received: checkpointing after this step, then stopping.")
+        logging.warning("SIGTERM received: checkpointing after this loop of steps, then stopping.")
         flag["stop"] = True
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -261,7 +311,9 @@ def train(
       synthetic: train on random tensors (timing only).
       finish: after the last epoch, save ``model.keras``, and with records also evaluate
         (centre crop and 10-crop) and export the SavedModel.
-      step_callback: called after every step with (global step, figures of the step).
+      step_callback: called after every loop of ``config.steps_per_loop`` steps (fewer at the end
+        of an epoch, before a checkpoint step and at ``--profile_steps``' bounds) with (global
+        step at its end, the loop's figures: mean loss, top-1/top-5 error, learning rate, images/s).
       verbose: show a progress bar.
 
     Returns:
@@ -278,6 +330,9 @@ def train(
     paths.check_supported(workdir, "--workdir")
     if config.data_dir:
         paths.check_supported(config.data_dir, "--data_dir")
+    if config.steps_per_loop < 1:
+        raise ValueError(f"--steps_per_loop={config.steps_per_loop}: run at least 1 step per loop")
+    parse_profile_steps(config.profile_steps)  # a wrong flag fails before any work
     # Op determinism is a process-wide switch: on for this run only.
     was_deterministic = tf_framework_config.is_op_determinism_enabled()
     if config.deterministic:
@@ -369,13 +424,14 @@ def _train(
     resumed_from_epoch = int(trainer.epoch.numpy())
     writers = workdir_lib.summary_writers(workdir, chief)
     last_validation = None
-    with _sigterm_flag() as sigterm:
+    profiler = _Profiler(config.profile_steps, os.path.join(workdir, workdir_lib.PROFILE_DIR), chief)
+    with _sigterm_flag() as sigterm, contextlib.closing(profiler):
         while int(trainer.epoch.numpy()) < config.epochs:
             epoch = int(trainer.epoch.numpy())
             rate = trainer.schedule.rate_for_epoch(epoch)
             trainer.set_learning_rate(rate)
             stopped = _train_epoch(trainer, inputs, epoch, rate, checkpoints, writers["train"], sigterm,
-                                   step_callback, verbose and chief)
+                                   step_callback, verbose and chief, profiler)
             if stopped:
                 logging.warning("Stopped by SIGTERM at epoch %d step %d; checkpoint %s. Run again with "
                                 "--workdir=%s to resume.", epoch + 1, int(trainer.step_in_epoch.numpy()),
@@ -402,42 +458,118 @@ def _train(
     return summary
 
 
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """``--profile_steps=a,b`` as (a, b): global steps, counted from 1, both profiled; None for "".
+
+    Raises:
+      ValueError: naming the flag, when ``spec`` is not two steps ``1 <= a <= b``.
+    """
+    if not spec:
+        return None
+    try:
+        first, last = (int(part) for part in spec.split(","))
+    except ValueError:
+        first = last = 0
+    if not 1 <= first <= last:
+        raise ValueError(f"--profile_steps={spec!r}: give the first and last global step to profile, "
+                         "counted from 1, e.g. --profile_steps=20,25")
+    return first, last
+
+
+class _Profiler:
+    """``--profile_steps``: a TensorBoard profile (``tf.profiler``) of those global steps, on the chief.
+
+    Loops end before the first and after the last profiled step, so the trace holds exactly
+    those steps (and the host's work between their loops). Every worker ends its loops there, so
+    that all run the same loops; only the chief traces.
+    """
+
+    def __init__(self, spec: str, directory: str, chief: bool):
+        self.steps = parse_profile_steps(spec)
+        self.directory = directory
+        self.chief = chief
+        self.running = False
+
+    def bounds(self) -> tuple[int, ...]:
+        """Global steps after which a loop must end."""
+        return (self.steps[0] - 1, self.steps[1]) if self.steps else ()
+
+    def before_loop(self, global_step: int) -> None:
+        """Starts the trace when the next step (``global_step + 1``) is the first to profile."""
+        if self.chief and self.steps and not self.running and self.steps[0] <= global_step + 1 <= self.steps[1]:
+            logging.info("Profiling global steps %d-%d into %s", global_step + 1, self.steps[1], self.directory)
+            tf.profiler.experimental.start(self.directory)
+            self.running = True
+
+    def after_loop(self, global_step: int) -> None:
+        if self.running and global_step >= self.steps[1]:
+            self.close()
+
+    def close(self) -> None:
+        """Stops a running trace and writes it (also when the run stops early)."""
+        if self.running:
+            tf.profiler.experimental.stop()
+            self.running = False
+            logging.info("Wrote the profile to %s (TensorBoard's Profile tab)", self.directory)
+
+
+def _loop_length(config: Config, step: int, steps: int, global_step: int, bounds: tuple[int, ...]) -> int:
+    """The next loop's steps: ``steps_per_loop``, cut at the epoch's end, a checkpoint step, a profile bound."""
+    length = min(config.steps_per_loop, steps - step)
+    every = config.checkpoint_every_steps
+    if every:  # checkpoints land exactly on their steps
+        length = min(length, every - global_step % every)
+    for bound in bounds:
+        if bound > global_step:
+            length = min(length, bound - global_step)
+    return length
+
+
 def _train_epoch(
     trainer: Trainer, inputs: Inputs, epoch: int, rate: float, checkpoints: workdir_lib.Checkpoints, writer: Any,
-    sigterm: dict[str, bool], step_callback: Callable | None, verbose: bool,
+    sigterm: dict[str, bool], step_callback: Callable | None, verbose: bool, profiler: _Profiler,
 ) -> str | None:
-    """Runs the rest of epoch ``epoch``; returns the checkpoint path when SIGTERM stopped it."""
+    """Runs the rest of epoch ``epoch``, a loop of steps per call; the checkpoint path when SIGTERM stopped it."""
     config = trainer.config
     steps = inputs.steps_per_epoch
-    done = int(trainer.step_in_epoch.numpy())
-    iterator = trainer.distribute(inputs, epoch)  # from step `done`: a mid-epoch checkpoint resumes there
+    step = int(trainer.step_in_epoch.numpy())
+    global_step = int(trainer.global_step.numpy())
+    iterator = trainer.distribute(inputs, epoch)  # from step `step`: a mid-epoch checkpoint resumes there
     progress = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], verbose=1 if verbose else 0)
     if verbose:
         logging.info("Epoch %d/%d, learning rate %g", epoch + 1, config.epochs, rate)
     totals = np.zeros(4)
-    for step in range(done, steps):
+    while step < steps:
+        length = _loop_length(config, step, steps, global_step, profiler.bounds())
+        profiler.before_loop(global_step)
         start = time.perf_counter()
-        loss, top1, top5, count = trainer.train_step(iterator)
+        loop, non_finite = trainer.train_loop(iterator, length)
         seconds = time.perf_counter() - start
-        global_step = int(trainer.global_step.assign_add(1).numpy())
-        if not math.isfinite(loss):
+        if non_finite is not None:
             raise NonFiniteLossError(
-                f"the training loss or its gradients are not finite at epoch {epoch + 1}, step {step + 1} "
-                f"(global step {global_step}); stopped without saving. The last good checkpoint is "
+                f"the training loss or its gradients are not finite at epoch {epoch + 1}, step "
+                f"{step + non_finite + 1} (global step {global_step + non_finite + 1}), in the loop of steps "
+                f"{step + 1}-{step + length}; stopped without saving. The last good checkpoint is "
                 f"{checkpoints.latest()}. Lower --learning_rate, check the input data, or use "
                 "--precision=float32."
             )
-        trainer.step_in_epoch.assign(step + 1)
-        totals += (loss * count, top1, top5, count)
+        step += length
+        global_step += length
+        trainer.step_in_epoch.assign(step)
+        trainer.global_step.assign(global_step)
+        profiler.after_loop(global_step)
+        totals += loop
+        loss, top1, top5, count = loop.loss_sum / loop.images, loop.top1, loop.top5, loop.images
         figures = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
                    "lr": rate, "images/s": count / seconds}
-        progress.update(step + 1, [(k, v) for k, v in figures.items()])
+        progress.update(step, [(k, v) for k, v in figures.items()])
+        # One point per loop, at its last step: the mean of its steps (curves.py weighs it so).
         workdir_lib.write_scalars(writer, global_step, {("images_per_second" if k == "images/s" else k): v
                                                         for k, v in figures.items()})
         if step_callback is not None:
             step_callback(global_step, figures)
         every = config.checkpoint_every_steps
-        if sigterm["stop"] or (every and global_step % every == 0 and step + 1 < steps):
+        if sigterm["stop"] or (every and global_step % every == 0 and step < steps):
             path = checkpoints.save()
             if sigterm["stop"]:
                 return path

@@ -9,6 +9,7 @@ Everything a training run writes (section 5's long runs: checkpoints and resume)
     checkpoints/       tf.train.CheckpointManager: model, optimizer (slots, learning rate),
                        epoch, step, schedule state, dropout RNG state
     logs/train, logs/validation   TensorBoard
+    logs/profile       --profile_steps' trace (TensorBoard's Profile tab)
     model.keras        the final model
     saved_model/1/     the serving export (export.py); saved_model/ is a TensorFlow Serving base path
     evaluation/        centre-crop and 10-crop report (evaluation.py)
@@ -42,6 +43,7 @@ DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 LOG_SPLITS = ("train", "validation")
+PROFILE_DIR = os.path.join(LOG_DIR, "profile")
 MODEL_FILE = "model.keras"
 EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
 REPORT_DIR = "evaluation"

@@ -1,18 +1,33 @@
 """Training throughput on synthetic tensors: Keras fit, a bare tf.function step, our loop.
 
     python benchmarks/training.py [--steps=20] [--batch_size=32]
+    python benchmarks/training.py --parts=loop          # only loop_vs_in_graph
 
-For the full network (the paper preset) and the small built-in preset, the same model and
-optimiser (PaperSGD) train on one random batch repeated, so the input pipeline costs nothing:
+``--parts=throughput``: for the full network (the paper preset) and the small built-in preset,
+the same model and optimiser (PaperSGD) train on one random batch repeated, so the input
+pipeline costs nothing:
 
 * ``fit``: ``model.compile(...)`` + ``model.fit`` on a repeated ``tf.data`` batch;
 * ``bare_step``: ``tf.function`` of GradientTape + ``apply_gradients``, nothing else;
 * ``our_loop``: ``alexnet_tf.training.Trainer.train_step`` (strategy.run, replica sums, NaN check,
-  the figures the progress bar shows).
+  the figures the progress bar shows), one step per call.
 
 Also prints the network's multiply-adds per image (counted from the layers' shapes) and the
-images/s and FLOP/s a 90-epoch ImageNet run needs to finish in one day. The last line is one
-JSON object of all figures.
+images/s and FLOP/s a 90-epoch ImageNet run needs to finish in one day.
+
+``--parts=loop``: what the host's round trips cost when a step is as short as on a GPU. A
+scaled-down AlexNet built by the same code (``--loop_*`` flags, sized for about 2 ms a step on a
+quiet 2-core machine; it prints the step time it measured) trains
+on an in-memory batch, so the input pipeline is not the limit, two ways:
+
+* ``in_graph``: the Trainer's own train step in one ``tf.while_loop`` over all timed steps: one
+  call, no host round trip at all, the ceiling;
+* ``train``: ``alexnet_tf.training.train`` itself (progress bar off, TensorBoard on), with
+  ``steps_per_loop`` at its default and at 1, timed between its per-loop callbacks after the
+  first (which includes tracing).
+
+``loop_vs_in_graph`` is ``train``'s images/s over ``in_graph``'s (goal >= 0.9), each the best of
+``--repeats`` interleaved runs. The last line is one JSON object of all figures.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +47,7 @@ from absl import app, flags  # noqa: E402
 
 from alexnet_tf import data, distribute, training  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf.config import get_config  # noqa: E402
+from alexnet_tf.config import Config, get_config  # noqa: E402
 from alexnet_tf.optimizer import PaperSGD  # noqa: E402
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -42,6 +58,14 @@ WARMUP_STEPS = 3
 flags.DEFINE_integer("steps", 15, "timed steps per method")
 flags.DEFINE_integer("batch_size", 32, "global batch for the full network (the paper's is 128)")
 flags.DEFINE_integer("small_batch_size", 32, "batch for the small preset")
+flags.DEFINE_list("parts", ["throughput", "loop"], "throughput (fit, bare step, our loop) and/or loop "
+                  "(loop_vs_in_graph)")
+flags.DEFINE_integer("loop_steps", 800, "timed steps per loop_vs_in_graph measurement")
+flags.DEFINE_integer("loop_batch_size", 4, "batch of the ~2 ms model")
+flags.DEFINE_integer("loop_input_size", 67, "input of the ~2 ms model")
+flags.DEFINE_float("loop_width", 0.0625, "width of the ~2 ms model")
+flags.DEFINE_integer("repeats", 3, "interleaved repeats of each loop measurement; the best counts")
+flags.DEFINE_list("steps_per_loop", [], "steps_per_loop values to time besides the default and 1")
 FLAGS = flags.FLAGS
 
 
@@ -108,8 +132,77 @@ def time_our_loop(config, batch_size: int, steps: int) -> float:
     return batch_size / _time(lambda: trainer.train_step(iterator), steps)
 
 
-def main(argv):
-    del argv
+def _loop_config() -> Config:
+    return get_config("tiny", batch_size=FLAGS.loop_batch_size, input_size=FLAGS.loop_input_size,
+                      width=FLAGS.loop_width, epochs=1, deterministic=False)
+
+
+def time_in_graph(config: Config, steps: int) -> float:
+    """Images/s of the Trainer's train step in one tf.while_loop of ``steps`` steps."""
+    trainer = training.Trainer(config, distribute.make_strategy(devices=["/cpu:0"]))
+    trainer.set_learning_rate(config.learning_rate)
+    iterator = trainer.distribute(data.synthetic_inputs(config), 0)
+    step = trainer._train_step  # the function the Trainer's loops run, one batch per call
+
+    @tf.function
+    def in_graph(iterator, steps):
+        def body(i, images):
+            return i + 1, images + step(next(iterator))[3]
+
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.constant(0.0)))[1]
+
+    in_graph(iterator, tf.constant(WARMUP_STEPS))
+    start = time.perf_counter()
+    images = float(in_graph(iterator, tf.constant(steps)))
+    return images / (time.perf_counter() - start)
+
+
+def time_train(config: Config, steps: int, steps_per_loop: int) -> float:
+    """Images/s of ``training.train`` between its first and last per-loop callbacks."""
+    marks = []
+    warmup = max(WARMUP_STEPS, steps_per_loop)
+    run = config.replace(steps_per_loop=steps_per_loop, steps_per_epoch=steps + warmup)
+    with tempfile.TemporaryDirectory() as workdir:
+        training.train(run, workdir, synthetic=True, finish=False, verbose=False,
+                       strategy=distribute.make_strategy(devices=["/cpu:0"]),
+                       step_callback=lambda step, figures: marks.append((time.perf_counter(), step)))
+    (start, first), (end, last) = marks[0], marks[-1]
+    return (last - first) * config.batch_size / (end - start)
+
+
+def loop_vs_in_graph() -> dict:
+    config = _loop_config()
+    default = Config().steps_per_loop
+    loops = sorted({default, 1, *(int(n) for n in FLAGS.steps_per_loop)})
+    best = {"in_graph": 0.0, **{n: 0.0 for n in loops}}
+    for repeat in range(FLAGS.repeats):
+        rate = time_in_graph(config, FLAGS.loop_steps)
+        best["in_graph"] = max(best["in_graph"], rate)
+        print(f"repeat {repeat + 1}: in-graph while_loop {rate:.0f} images/s", end="")
+        for n in loops:
+            rate = time_train(config, FLAGS.loop_steps, n)
+            best[n] = max(best[n], rate)
+            print(f", train(steps_per_loop={n}) {rate:.0f}", end="")
+        print(flush=True)
+    ceiling = best["in_graph"]
+    figures = {
+        "model": {"input_size": config.input_size, "width": config.width, "batch_size": config.batch_size,
+                  "step_ms_in_graph": round(1000 * config.batch_size / ceiling, 3)},
+        "timed_steps": FLAGS.loop_steps, "repeats": FLAGS.repeats, "steps_per_loop_default": default,
+        "in_graph_images_per_second": round(ceiling, 1),
+        "train_images_per_second": {str(n): round(best[n], 1) for n in loops},
+        "loop_vs_in_graph": round(best[default] / ceiling, 3),
+        "loop_vs_in_graph_steps_per_loop_1": round(best[1] / ceiling, 3),
+        "loop_vs_in_graph_by_steps_per_loop": {str(n): round(best[n] / ceiling, 3) for n in loops},
+    }
+    print(f"step {figures['model']['step_ms_in_graph']:.2f} ms in-graph; loop_vs_in_graph "
+          f"{figures['loop_vs_in_graph']:.3f} at steps_per_loop={default}, "
+          f"{figures['loop_vs_in_graph_steps_per_loop_1']:.3f} at 1; by steps_per_loop: "
+          + ", ".join(f"{n}: {v}" for n, v in figures["loop_vs_in_graph_by_steps_per_loop"].items()))
+    return figures
+
+
+def throughput() -> dict:
     figures = {}
     for name, preset, batch_size in (("full", "paper", FLAGS.batch_size),
                                      ("small", "shapes", FLAGS.small_batch_size)):
@@ -142,6 +235,19 @@ def main(argv):
     print(f"paper network: {sum(macs.values()):,} multiply-adds per image, {forward_flops / 1e9:.2f} GFLOPs "
           f"forward, ~{3 * forward_flops / 1e9:.2f} GFLOPs to train on one image; 90 epochs of ImageNet in a day "
           f"need {needed:.0f} images/s ({needed * 3 * forward_flops / 1e12:.2f} TFLOP/s sustained)")
+    return figures
+
+
+def main(argv):
+    del argv
+    unknown = set(FLAGS.parts) - {"throughput", "loop"}
+    if unknown:
+        raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from throughput, loop")
+    figures = {}
+    if "loop" in FLAGS.parts:
+        figures["loop"] = loop_vs_in_graph()
+    if "throughput" in FLAGS.parts:
+        figures.update(throughput())
     print(json.dumps(figures))
 
 

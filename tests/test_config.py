@@ -74,5 +74,5 @@ def test_paper_plateau_rule_divides_by_ten_three_times():
 def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
-                    "steps_per_epoch", "checkpoint_every_steps", "export_precision"}
+                    "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings

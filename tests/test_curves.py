@@ -71,6 +71,31 @@ def test_curves_plot_exactly_the_logged_figures(tmp_path):
     np.testing.assert_allclose([r for _, r in drawn.lr_drops], [0.001, 0.0001], rtol=1e-6)
 
 
+def test_points_of_loops_count_by_the_steps_they_cover(tmp_path):
+    """Training logs one point per loop of steps (its mean); a short last loop weighs less."""
+    workdir = str(tmp_path / "run")
+    writers = workdir_lib.summary_writers(workdir, chief=True)
+    for epoch in (1, 2):
+        first = (epoch - 1) * STEPS + 1
+        for loop in (range(first, first + 3), range(first + 3, first + STEPS)):  # 3 steps, then 1
+            figures = {tag: np.mean([_train_figures(s)[tag] for s in loop]) for tag in ("loss", "top1_error")}
+            workdir_lib.write_scalars(writers["train"], loop[-1], {**figures, "top5_error": 0.5, "lr": 0.01})
+        workdir_lib.write_scalars(writers["validation"], epoch * STEPS, _validation_figures(epoch))
+    # Epoch 3 under way: one loop logged, its end not reached.
+    workdir_lib.write_scalars(writers["train"], 2 * STEPS + 3, {"loss": 9.0, "top1_error": 0.5})
+    for writer in writers.values():
+        writer.close()
+    drawn = curves.draw_curves(workdir)
+    x, y = drawn.lines["training loss"]
+    np.testing.assert_array_equal(x, [1, 2])
+    per_step = [np.mean([_train_figures(s)["loss"] for s in range((e - 1) * STEPS + 1, e * STEPS + 1)])
+                for e in (1, 2)]
+    np.testing.assert_allclose(y, per_step, rtol=1e-6)
+    # Not the plain mean of the two points of an epoch: the weighting is what makes it right.
+    loops = [np.mean([_train_figures(s)["loss"] for s in range(1, 4)]), _train_figures(4)["loss"]]
+    assert abs(np.mean(loops) - per_step[0]) > 1e-3
+
+
 def test_a_resumed_run_keeps_the_figures_logged_last(tmp_path):
     """A run killed after epoch 2's checkpoint logged epoch 3 twice; the resumed values count."""
     workdir = str(tmp_path / "run")

@@ -139,11 +139,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_the_loop_learns(tmp_path):
     config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe")
-    losses = []
+    steps, losses = [], []
+
+    def record(step, figures):
+        steps.append(step)
+        losses.append(figures["loss"])
+
     summary = training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False,
-                             step_callback=lambda step, figures: losses.append(figures["loss"]))
-    assert len(losses) == 20 * NUM_IMAGES // 8
-    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
+                             step_callback=record)
+    assert steps[-1] == 20 * NUM_IMAGES // 8  # one call per loop of steps
+    tenth = max(len(losses) // 10, 1)
+    assert np.mean(losses[-tenth:]) < 0.5 * np.mean(losses[:tenth])
     assert summary["val_top1_error"] < 0.5, summary
 
 
@@ -166,8 +172,9 @@ def test_precision_and_xla_options_train(tmp_path, overrides):
         assert summary["global_step"] == 3 and np.isfinite(summary["weights_l2_norm"])
         return np.array(found)
 
-    # Larger steps than the default, so that the updates change the loss by far more than round-off.
-    base = dict(epochs=1, steps_per_epoch=3, learning_rate=0.05, dropout=0.0)
+    # Larger steps than the default, so that the updates change the loss by far more than round-off;
+    # one step per loop, so that each step's loss is seen.
+    base = dict(epochs=1, steps_per_epoch=3, learning_rate=0.05, dropout=0.0, steps_per_loop=1)
     reference = losses(_tiny(**base), tmp_path / "float32")
     got = losses(_tiny(**{**base, **overrides}), tmp_path / "option")
     tolerance = 2e-2 if overrides.get("precision") == "mixed_bfloat16" else 2e-3
@@ -230,6 +237,87 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monke
     assert len(decoded) < done * config.batch_size, f"{len(decoded)} records decoded to resume at step {done}"
 
 
+def _batch_inputs(config, num_batches, poisoned=()):
+    """Inputs of ``num_batches`` fixed batches per epoch, in order; those in ``poisoned`` (0-based) are NaN."""
+    images, labels = _arrays(config, num_images=num_batches * config.batch_size)
+    for index in poisoned:
+        images[index * config.batch_size:(index + 1) * config.batch_size] = np.nan
+
+    def train(context, epoch, skip_batches=0):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        return dataset.batch(context.get_per_replica_batch_size(config.batch_size)).skip(skip_batches)
+
+    return data.Inputs(train, None, num_batches)
+
+
+def test_nan_inside_a_loop_stops_naming_the_step_and_the_loop(tmp_path):
+    """A non-finite loss at step 6, inside the loop of steps 5-8: the run stops after it, unsaved."""
+    config = _tiny(epochs=1, steps_per_loop=4, checkpoint_every_steps=4)
+    steps = []
+    with pytest.raises(training.NonFiniteLossError) as raised:
+        training.train(config, str(tmp_path), inputs=_batch_inputs(config, 8, poisoned=[5]), verbose=False,
+                       step_callback=lambda step, figures: steps.append(step))
+    message = str(raised.value)
+    assert "step 6 (global step 6), in the loop of steps 5-8" in message, message
+    assert steps == [4]  # the first loop finished and was checkpointed; the second was not
+    good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert f"last good checkpoint is {good}." in message
+    assert int(tf.train.load_variable(good, "global_step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_loops_end_at_epochs_checkpoint_steps_and_profile_bounds(tmp_path):
+    """steps_per_loop=3 with 4-step epochs, a checkpoint every 5 steps and steps 7-8 profiled."""
+    config = _tiny(epochs=3, steps_per_loop=3, checkpoint_every_steps=5, profile_steps="7,8")
+    loops = []
+    summary = training.train(config, str(tmp_path), inputs=_batch_inputs(config, 4), verbose=False, finish=False,
+                             step_callback=lambda step, figures: loops.append(step))
+    assert summary["global_step"] == 12
+    # 1-3 | 4 (epoch) | 5 (checkpoint) | 6 (profile starts at 7) | 7-8 (profile ends, epoch) | 9-10 | 11-12
+    assert loops == [3, 4, 5, 6, 8, 10, 12]
+    saved = [int(tf.train.load_variable(path, "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+             for path in tf.train.get_checkpoint_state(str(tmp_path / "checkpoints")).all_model_checkpoint_paths]
+    assert saved == [8, 10, 12]  # the last three kept: epoch 2's end, the every-5 step, epoch 3's end
+    # TensorBoard got one point per loop, at its last step.
+    from alexnet_tf import curves
+
+    assert sorted(curves.read_scalars(str(tmp_path / "logs" / "train"))["loss"]) == loops
+    traces = list((tmp_path / workdir_lib.PROFILE_DIR).glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("flag", ["8", "0,3", "5,2", "a,b"])
+def test_a_wrong_profile_steps_flag_is_refused_before_training(tmp_path, flag):
+    with pytest.raises(ValueError, match="--profile_steps"):
+        training.train(_tiny(profile_steps=flag), str(tmp_path), synthetic=True, verbose=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_stops_after_the_loop_and_the_run_resumes_exactly(tmp_path):
+    """SIGTERM during a run of 3-step loops: checkpointed at the loop's end, resumed to the same weights."""
+    config = _tiny(epochs=2, steps_per_loop=3, dropout=0.5)
+    inputs = _batch_inputs(config, 5)  # 5 steps per epoch: loops 1-3, 4-5, 6-8, 9-10
+
+    def terminate(step, figures):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
+
+    stopped = training.train(config, str(tmp_path / "stopped"), inputs=inputs, verbose=False, finish=False,
+                             step_callback=terminate)
+    assert stopped["stopped"] == "SIGTERM"
+    assert int(tf.train.load_variable(stopped["checkpoint"], "step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 3
+    loops = []
+    resumed = training.train(config, str(tmp_path / "stopped"), inputs=inputs, verbose=False, finish=False,
+                             step_callback=lambda step, figures: loops.append(step))
+    assert loops == [5, 8, 10]  # the rest of epoch 1, then epoch 2
+    whole = training.train(config, str(tmp_path / "whole"), inputs=inputs, verbose=False, finish=False)
+    assert resumed["global_step"] == whole["global_step"] == 10
+    a, b = (_run_state(workdir_lib.latest_checkpoint(str(tmp_path / name))) for name in ("stopped", "whole"))
+    assert a.keys() == b.keys() and len([name for name in a if name.startswith(_WEIGHTS)]) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--data_dir"):
         training.train(_tiny(), str(tmp_path), verbose=False)
@@ -265,16 +353,47 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
         assert figures["max_abs_difference"] < tolerance, (name, figures)
 
 
+def test_loops_of_four_steps_equal_single_steps_on_two_replicas(tmp_path):
+    """steps_per_loop=4 against 1 on 2 replicas, dropout on: the same weights, bit for bit.
+
+    6 steps per epoch (loops of 4 and 2), 2 epochs, the learning rate divided after the first.
+    """
+    out = tmp_path / "loops.json"
+    result = _run_script("loops", out, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert found["replicas"] == 2
+    assert found["moved"] > 1e-3 and found["identical"], found
+    single, looped = found["calls"]["1"], found["calls"]["4"]
+    assert [c["step"] for c in single] == list(range(1, 13))
+    assert [c["step"] for c in looped] == [4, 6, 10, 12]
+    # Each loop's figures, summed on the device, are the means of its steps' figures.
+    first = 0
+    for call in looped:
+        steps = [c for c in single if first < c["step"] <= call["step"]]
+        for key in ("loss", "top1_error", "top5_error"):
+            assert call[key] == pytest.approx(np.mean([c[key] for c in steps]), rel=1e-6, abs=1e-7), (key, call)
+        assert {c["lr"] for c in steps} == {call["lr"]}  # the schedule is per epoch, whatever the loops
+        first = call["step"]
+    assert [c["lr"] for c in looped] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
 @pytest.mark.slow
-def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(converted, tmp_path):
-    """Two replicas, dropout on, records through the pipeline; killed at a checkpoint mid-epoch."""
+@pytest.mark.parametrize("steps_per_loop", [0, 3], ids=["default_loops", "loops_of_3"])
+def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(converted, tmp_path, steps_per_loop):
+    """Two replicas, dropout on, records through the pipeline; killed at a checkpoint mid-epoch.
+
+    The uninterrupted run has the default steps_per_loop and a checkpoint every 2 steps; the
+    killed one the same, or loops of 3 steps and a checkpoint every 3.
+    """
     data_dir = converted(SHAPES)  # 80 training records: 5 steps of 16 per epoch
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    every = 3 if steps_per_loop else 2
     reference = _spawn("run", whole, 0.0, data_dir)
-    victim = _spawn("run", killed, 0.5, data_dir)
+    victim = _spawn("run", killed, 1.0, data_dir, steps_per_loop, every)
     deadline = time.time() + 120
-    # 5 steps per epoch, a checkpoint every 2 steps: ckpt-1 is global step 2, step 2 of epoch 1.
-    # The next save is two 0.5 s steps away.
+    # 5 steps per epoch: ckpt-1 is global step `every`, mid-epoch 1. The next save is a loop and
+    # a 1 s pause after the loop away.
     while not (tf.train.latest_checkpoint(str(killed / "checkpoints")) or "").endswith("ckpt-1"):
         assert victim.poll() is None, victim.stdout.read()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
@@ -283,11 +402,11 @@ def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(converted, tmp
     victim.wait()
     latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
     assert latest.endswith("ckpt-1"), latest
-    assert int(tf.train.load_variable(latest, "step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 2  # mid-epoch
+    assert int(tf.train.load_variable(latest, "step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")) == every  # mid-epoch
     assert int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 0
     assert not (killed / "summary.json").exists()
     assert reference.wait(timeout=180) == 0, reference.stdout.read()[-3000:]
-    resumed = _run_script("run", killed, 0.0, data_dir, timeout=180)
+    resumed = _run_script("run", killed, 0.0, data_dir, steps_per_loop, every, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["resumed_from_epoch"] == 0
@@ -379,12 +498,53 @@ def _mirrored(out):
     pathlib.Path(out).write_text(json.dumps(variants))
 
 
-def _run(workdir, delay, data_dir=None):
+# The model's weights as a run's checkpoint names them (reached through the optimizer first).
+_WEIGHTS = "optimizer/_trainable_variables/"
+
+
+def _run_state(checkpoint):
+    """Everything a run's checkpoint holds (weights, slots, steps, schedule, dropout state) but its save count."""
+    return {name: tf.train.load_variable(checkpoint, name) for name, _ in tf.train.list_variables(checkpoint)
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
+
+
+def _loops(out):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    config = _tiny(epochs=2, dropout=0.5, learning_rate=0.01, lr_schedule="step:1")
+    images, labels = _arrays(config, num_images=96)
+    inputs = data.array_inputs(config, images, labels)
+    calls, weights = {}, {}
+    for steps_per_loop in (1, 4):
+        workdir = str(pathlib.Path(out).parent / f"loop{steps_per_loop}")
+        found = calls[steps_per_loop] = []
+        training.train(config.replace(steps_per_loop=steps_per_loop), workdir, inputs=inputs, strategy=strategy,
+                       verbose=False, finish=False,
+                       step_callback=lambda step, figures, found=found: found.append({"step": step, **figures}))
+        weights[steps_per_loop] = _run_state(workdir_lib.latest_checkpoint(workdir))
+    # The same initial weights (the Trainer seeds them), under the same checkpoint names.
+    start = _run_state(training.Trainer(config, strategy).checkpoint.write(
+        str(pathlib.Path(out).parent / "start" / "ckpt")))
+    trained = [name for name in start if name.startswith(_WEIGHTS)]
+    assert len(trained) > 10 and start.keys() == weights[1].keys()
+    pathlib.Path(out).write_text(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "moved": max(float(np.abs(start[name] - weights[1][name]).max()) for name in trained),
+        "identical": weights[1].keys() == weights[4].keys()
+        and all(np.array_equal(weights[1][name], weights[4][name]) for name in weights[1]),
+        "calls": calls,
+    }))
+
+
+def _run(workdir, delay, data_dir=None, steps_per_loop=0, every=2):
     delay = float(delay)
     if data_dir:  # through the record pipeline, on two replicas
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        config = _tiny(epochs=2, checkpoint_every_steps=2, data_dir=data_dir, shuffle_buffer=80)
+        config = _tiny(epochs=2, checkpoint_every_steps=int(every), data_dir=data_dir, shuffle_buffer=80)
+        if int(steps_per_loop):  # else the default
+            config = config.replace(steps_per_loop=int(steps_per_loop))
         summary = training.train(config, workdir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
                                  verbose=False, step_callback=lambda step, figures: time.sleep(delay))
     else:
@@ -452,5 +612,5 @@ def _mwms_scaling_and_dropout(strategy, config):
 
 
 if __name__ == "__main__":
-    modes = {"mirrored": _mirrored, "run": _run, "mwms": _mwms}
+    modes = {"mirrored": _mirrored, "run": _run, "mwms": _mwms, "loops": _loops}
     modes[sys.argv[1]](*sys.argv[2:])
