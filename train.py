@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from alexnet_tf import console  # noqa: E402
 
 console.quiet_tensorflow()  # before anything imports TensorFlow
+console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
