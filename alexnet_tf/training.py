@@ -1,13 +1,14 @@
-"""Training (section 5): the trainer, the loop, and the end of a run (evaluation and export).
+"""Training (section 5): a run's epochs and loops, and its end (evaluation and export).
 
-One loop serves every strategy (``distribute.make_strategy``: one device, ``MirroredStrategy``
-over GPUs, ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` that runs
-``steps_per_loop`` steps, each ``strategy.run`` on a batch from ``distribute_datasets_from_function``,
-its figures summed over replicas and steps on the device, so the host (progress bar, TensorBoard,
-SIGTERM, the NaN check, checkpoints) sees the run once per loop. Keras 3's ``Model.fit`` fails
-under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), so it is not used. The optimiser
-and its schedule are ``optimizer.py``'s, the batches ``data.Inputs``, and everything a run writes
-goes where ``workdir.py`` says.
+The model, the optimiser and the compiled steps are ``trainer.Trainer``'s. One loop serves every
+strategy (``distribute.make_strategy``: one device, ``MirroredStrategy`` over GPUs,
+``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` that runs
+``steps_per_loop`` steps, each ``strategy.run`` on a batch from
+``distribute_datasets_from_function``, its figures summed over replicas and steps on the device, so
+the host (progress bar, TensorBoard, SIGTERM, the NaN check, checkpoints) sees the run once per
+loop. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585),
+so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the batches
+``data.Inputs``, and everything a run writes goes where ``workdir.py`` says.
 
 Running again with the same work directory resumes from the latest checkpoint. Each epoch reads a
 fresh pipeline seeded by (seed, epoch), so in deterministic mode a resumed run sees the same
@@ -17,13 +18,12 @@ batches as an uninterrupted one; a checkpoint taken mid-epoch skips the batches 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 import numpy as np
@@ -31,241 +31,11 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, paths, preprocess, statistics
-from alexnet_tf import model as model_lib
+from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
 from alexnet_tf.data import Inputs
-from alexnet_tf.evaluation import TOP_K
-from alexnet_tf.optimizer import LearningRateSchedule, PaperSGD
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped without saving."""
-
-
-class LoopFigures(NamedTuple):
-    """A training loop's figures, summed over its steps (and replicas) on the device."""
-
-    loss_sum: float  # each step's mean loss times its images
-    top1: float  # top-1 correct
-    top5: float  # top-5 correct
-    images: float
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer
-
-
-def _set_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    keras.mixed_precision.set_global_policy(precision)
-
-
-class Trainer:
-    """A model, its optimiser and run state under a strategy, with compiled train/eval steps.
-
-    Args:
-      config: the run's configuration.
-      strategy: where to run; ``distribute.make_strategy()`` when None.
-      stats: the training set's statistics, which the steps need to finish the input pipeline's
-        uint8 crops on the device (``Inputs.stats``); None when the batches are float images.
-    """
-
-    def __init__(self, config: Config, strategy: tf.distribute.Strategy | None = None,
-                 stats: statistics.DatasetStatistics | None = None):
-        self.config = config
-        # The device's half of the preprocessing, first in the train and validation steps.
-        self.finish = preprocess.DeviceFinish(config, stats)
-        self.strategy = strategy or distribute.make_strategy()
-        replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % replicas:
-            raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
-        previous_policy = keras.mixed_precision.global_policy().name
-        _set_precision(config.precision)
-        try:
-            # Seeds Python, NumPy, TensorFlow and Keras: the dropout layers' RNG starts the same.
-            keras.utils.set_random_seed(config.seed)
-            with self.strategy.scope():
-                self.model = model_lib.build_from_config(config, seed=config.seed)
-                self.sgd = PaperSGD(config.learning_rate, config.momentum, config.weight_decay)
-                self.optimizer = (
-                    keras.optimizers.LossScaleOptimizer(self.sgd)
-                    if config.precision == "mixed_float16" else self.sgd
-                )
-                self.optimizer.build(self.model.trainable_variables)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
-        self.schedule = LearningRateSchedule(config)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
-        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        # Dropout's seed-generator states are not reachable through the model's checkpoint
-        # dependencies; listing them keeps a resumed run's dropout masks in step.
-        rng_states = [v for v in self.model.variables if "seed_generator_state" in v.path]
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, schedule=self.schedule, epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-            rng=tf.train.Checkpoint(**{f"state_{i}": v for i, v in enumerate(rng_states)}),
-        )
-        self._train_step = self._make_train_step()
-        self._train_loop = self._make_train_loop()
-        self._loop_iterator, self._loop_function = None, None
-        self._eval_step = self._make_eval_step()
-
-    @property
-    def global_batch(self) -> int:
-        return self.config.batch_size
-
-    def _make_train_step(self) -> Callable[[Any], list[tf.Tensor]]:
-        model, optimizer, strategy, finish = self.model, self.optimizer, self.strategy, self.finish
-        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        global_batch = self.global_batch
-        top_k = min(TOP_K, self.config.num_classes)
-
-        def forward_backward(images, labels):
-            with tf.GradientTape() as tape:
-                probabilities = model(images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                target = optimizer.scale_loss(loss) if scaled else loss
-            return loss, tape.gradient(target, model.trainable_variables), probabilities
-
-        forward_backward = tf.function(forward_backward, jit_compile=self.config.jit_compile)
-
-        def replica_step(images, labels):
-            images = finish(images)
-            loss, gradients, probabilities = forward_backward(images, labels)
-            # The loss clips probabilities, so it can stay finite while the network turns to NaN:
-            # the probabilities and gradients tell. (Under loss scaling, overflowing gradients are
-            # the optimiser's business: it skips the step and lowers the scale; NaN probabilities
-            # are a NaN forward pass, which no scale cures.)
-            finite = tf.cast(tf.math.is_finite(loss), tf.float32)
-            finite *= tf.cast(tf.reduce_all(tf.math.is_finite(tf.cast(probabilities, tf.float32))), tf.float32)
-            if not scaled:
-                finite *= tf.cast(tf.math.is_finite(tf.linalg.global_norm(gradients)), tf.float32)
-            else:
-                gradients = distribute.overflow_on_every_replica(gradients)
-            # Keras sums the gradients over replicas before applying them.
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k), 1.0 - finite)
-
-        # Traced inside the loop below (and the benchmark's in-graph loop), not compiled alone.
-        def train_step(batch):
-            results = strategy.run(replica_step, args=batch)
-            return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
-
-        return train_step
-
-    def _make_train_loop(self) -> Callable[[Iterator, tf.Tensor], tf.Tensor]:
-        step = self._train_step
-
-        # Many steps per call: the host sees the device once per loop. The step count is a
-        # tensor, so a shorter loop (an epoch's remainder, a checkpoint step) needs no new trace,
-        # and a new iterator of the same kind each epoch none either.
-        @tf.function
-        def train_loop(iterator, steps):
-            totals = tf.zeros([4])  # loss x images, top-1 correct, top-5 correct, images
-            first_non_finite = tf.constant(-1.0)
-            for i in tf.range(steps):
-                loss, top1, top5, count, non_finite = step(next(iterator))
-                totals += tf.stack([loss * count, top1, top5, count])
-                if non_finite > 0:
-                    # The same reduced flag on every replica and worker: they all leave here.
-                    first_non_finite = tf.cast(i, tf.float32)
-                    break
-            # One tensor: one transfer to the host per loop.
-            return tf.concat([totals, [first_non_finite]], axis=0)
-
-        return train_loop
-
-    def _make_eval_step(self) -> Callable[[Any], list[tf.Tensor]]:
-        model, strategy, finish = self.model, self.strategy, self.finish
-        top_k = min(TOP_K, self.config.num_classes)
-
-        def figures(images, labels):
-            probabilities = model(images, training=False)
-            loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k))
-
-        def replica_step(images, labels):
-            images = finish(images)
-            # The last global batch can leave a replica without images; a convolution of an
-            # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
-            return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
-                           lambda: (tf.constant(0.0),) * 4)
-
-        @tf.function(reduce_retracing=True)
-        def eval_step(batch):
-            results = strategy.run(replica_step, args=batch)
-            return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
-
-        return eval_step
-
-    def set_learning_rate(self, rate: float) -> None:
-        self.sgd.learning_rate.assign(rate)
-
-    def distribute(self, inputs: Inputs, epoch: int) -> Iterator:
-        """An iterator over this epoch's distributed training batches, from step ``step_in_epoch`` on.
-
-        A checkpoint taken mid-epoch resumes after the batches already trained on; the input
-        pipelines pass over their records without decoding them.
-        """
-        done = int(self.step_in_epoch.numpy())
-
-        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            # Each step takes one batch per replica from its worker's pipeline.
-            replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
-            return inputs.train(context, epoch, done * replicas_per_pipeline)
-
-        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-
-    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopFigures, int | None]:
-        """``steps`` optimisation steps in one call to the device.
-
-        Returns:
-          The loop's figures, summed over its steps on the device, and the index (0-based, in
-          the loop) of the first step whose loss, probabilities or gradients were not finite on
-          some replica, or None. The loop stops after that step.
-        """
-        if self._loop_iterator is not iterator:
-            # Looked up once per iterator: finding the traced function for an iterator argument
-            # costs about as much host time as the rest of a loop's bookkeeping.
-            self._loop_function = self._train_loop.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
-            self._loop_iterator = iterator
-        *totals, first = (float(v) for v in self._loop_function(iterator, tf.constant(steps, tf.int32)).numpy())
-        return LoopFigures(*totals), (int(first) if first >= 0 else None)
-
-    def train_step(self, iterator: Iterator) -> tuple[float, float, float, float]:
-        """One optimisation step: (mean loss, top-1 correct, top-5 correct, images).
-
-        The loss is NaN when a replica's loss or gradients were not finite.
-        """
-        figures, non_finite = self.train_loop(iterator, 1)
-        loss = figures.loss_sum / figures.images if figures.images else 0.0
-        return (loss if non_finite is None else math.nan), figures.top1, figures.top5, figures.images
-
-    def validate(self, inputs: Inputs) -> dict[str, float] | None:
-        """Centre-crop loss and top-1/top-5 error over the validation inputs, or None without any."""
-        if inputs.validation is None:
-            return None
-        dataset = inputs.validation()
-        options = tf.data.Options()
-        # Every worker reads all records and keeps its share: no worker can run out of files.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        dataset = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
-        totals = np.zeros(4)
-        for batch in dataset:
-            totals += [float(v) for v in self._eval_step(batch)]
-        loss, top1, top5, count = totals
-        if not count:
-            return None
-        return {"loss": float(loss / count), "top1_error": float(1 - top1 / count),
-                "top5_error": float(1 - top5 / count), "images": int(count)}
-
+from alexnet_tf.trainer import NonFiniteLossError, Trainer
 
 # --------------------------------------------------------------------------------------------
 # The run

@@ -211,7 +211,7 @@ MUTANTS: list[Mutant] = [
            "        dataset = dataset.skip(skip_records)\n",
            "        dataset = dataset\n",
            ("tests/test_training.py::test_resuming_mid_epoch_skips_batches_without_decoding_them",
-            "tests/test_training.py::test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run"),
+            "tests/test_training.py::test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run[default_loops]"),
            "a mid-epoch resume trains again on the batches already used"),
 ]
 
