@@ -206,10 +206,15 @@ def random_crop_offsets(seed: tf.Tensor, height, width, crop_size: int) -> tuple
       height, width: the image size (Python ints or scalar int32 tensors).
       crop_size: the side of the crop.
     """
-    limits = tf.stack([height - crop_size + 1, width - crop_size + 1])
-    unit = tf.random.stateless_uniform([2], seed=seed, dtype=tf.float32)
-    offsets = tf.minimum(tf.cast(unit * tf.cast(limits, tf.float32), tf.int32), limits - 1)
+    offsets = _uniform_offsets(seed, tf.stack([height - crop_size + 1, width - crop_size + 1]))
     return offsets[0], offsets[1]
+
+
+def _uniform_offsets(seed: tf.Tensor, limits: tf.Tensor, count: int | None = None) -> tf.Tensor:
+    """int32 [2] (or [count, 2]) offsets, each uniform in [0, limits): row 0 is the same for any count."""
+    leading = [] if count is None else [count]
+    unit = tf.random.stateless_uniform([*leading, 2], seed=seed, dtype=tf.float32)
+    return tf.minimum(tf.cast(unit * tf.cast(limits, tf.float32), tf.int32), limits - 1)
 
 
 def random_crop(image: tf.Tensor, crop_size: int, seed: tf.Tensor) -> tf.Tensor:
@@ -222,8 +227,9 @@ def random_crop(image: tf.Tensor, crop_size: int, seed: tf.Tensor) -> tf.Tensor:
     return crop
 
 
-def _flip_decision(seed: tf.Tensor) -> tf.Tensor:
-    return tf.random.stateless_uniform([], seed=seed) < FLIP_PROBABILITY
+def _flip_decision(seed: tf.Tensor, count: int | None = None) -> tf.Tensor:
+    """bool [] (or [count]): mirror with probability FLIP_PROBABILITY; row 0 the same for any count."""
+    return tf.random.stateless_uniform([] if count is None else [count], seed=seed) < FLIP_PROBABILITY
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -231,7 +237,7 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return _mirror_if(_flip_decision(seed), tf.convert_to_tensor(image))
 
 
-def pca_offset(eigenvalues, eigenvectors, std: float, seed: tf.Tensor) -> tf.Tensor:
+def pca_offset(eigenvalues, eigenvectors, std: float, seed: tf.Tensor, count: int | None = None) -> tf.Tensor:
     """The paper's colour noise for one image (section 4.1): sum_i alpha_i * lambda_i * p_i.
 
     Args:
@@ -241,11 +247,12 @@ def pca_offset(eigenvalues, eigenvectors, std: float, seed: tf.Tensor) -> tf.Ten
       eigenvectors: (3, 3), the unit eigenvectors p_i as columns (rows R, G, B).
       std: the standard deviation of alpha_i ~ N(0, std) (the paper's 0.1).
       seed: int32 or int64 [2].
+      count: draw this many offsets at once (row 0 is the offset drawn without ``count``).
 
     Returns:
-      float32 [3], the RGB offset to add to every pixel.
+      float32 [3] (or [count, 3]), the RGB offset to add to every pixel.
     """
-    alpha = std * tf.random.stateless_normal([3], seed=seed)
+    alpha = std * tf.random.stateless_normal([3] if count is None else [count, 3], seed=seed)
     return tf.linalg.matvec(
         tf.constant(eigenvectors, tf.float32), alpha * tf.constant(eigenvalues, tf.float32)
     )
@@ -319,14 +326,62 @@ def _seed_or_random(seed: tf.Tensor | None) -> tf.Tensor:
 # The host's half: uint8 pixels and a few values per image
 
 
+def training_draws(config: Config, stats: DatasetStatistics, seed: tf.Tensor, count: int) -> dict[str, tf.Tensor]:
+    """The paper's random choices (section 4.1) for ``count`` training views, from one seed.
+
+    For each view: a uniform ``config.input_size`` crop position in the ``config.image_size``
+    square, whether to mirror it (probability FLIP_PROBABILITY) and the PCA colour offset
+    (``config.pca_std``; 0 turns it off). Drawn for many views at once, a handful of ops per
+    block instead of per image: the input pipeline draws blocks and hands one row to each record.
+    The first row is what ``train_crop`` draws for one image from the same seed.
+
+    Args:
+      config: supplies input_size, image_size, pca_std.
+      stats: the training set's RGB eigen-decomposition.
+      seed: int32/int64 [2], for the stateless random ops.
+      count: how many views.
+
+    Returns:
+      ``{CROP: int32 [count, 2], FLIP: bool [count], RGB: float32 [count, 3]}``.
+    """
+    _check_config(config)
+    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 3)
+    limit = config.image_size - config.input_size + 1
+    if config.pca_std > 0:
+        rgb = pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2], count)
+    else:
+        rgb = tf.zeros([count, 3])
+    return {
+        CROP: _uniform_offsets(seeds[0], tf.constant([limit, limit]), count),
+        FLIP: _flip_decision(seeds[1], count),
+        RGB: rgb,
+    }
+
+
+def decode_train_crop(encoded: tf.Tensor, config: Config, draws: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """The host's half of the training view of one encoded image, given its draws.
+
+    Args:
+      encoded: a scalar string tensor (JPEG, PNG, ...).
+      config: supplies input_size, image_size.
+      draws: one row of ``training_draws``: ``{CROP: int32 [2], FLIP: bool [], RGB: float32 [3]}``.
+
+    Returns:
+      ``{IMAGE: uint8 [c, c, 3] (the crop, not mirrored), CROP, FLIP, RGB}``; ``DeviceFinish``
+      does the rest.
+    """
+    _check_config(config)
+    crop = draws[CROP]
+    image = _decode_crop_of_square(encoded, config.image_size, crop[0], crop[1], config.input_size)
+    return {IMAGE: image, CROP: crop, FLIP: draws[FLIP], RGB: draws[RGB]}
+
+
 def train_crop(
     encoded: tf.Tensor, config: Config, stats: DatasetStatistics, seed: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """The host's half of the paper's training view (section 4.1) of one encoded image.
 
-    Draws a random ``config.input_size`` crop of the central square at ``config.image_size``,
-    whether to mirror it (probability FLIP_PROBABILITY) and the PCA colour offset
-    (``config.pca_std``; 0 turns it off), and decodes the crop. ``DeviceFinish`` does the rest.
+    ``training_draws`` for one view, then ``decode_train_crop``.
 
     Args:
       encoded: a scalar string tensor (JPEG, PNG, ...).
@@ -337,20 +392,8 @@ def train_crop(
     Returns:
       ``{IMAGE: uint8 [c, c, 3] (not mirrored), CROP: int32 [2], FLIP: bool [], RGB: float32 [3]}``.
     """
-    _check_config(config)
-    size, crop = config.image_size, config.input_size
-    seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), 3)
-    offset_y, offset_x = random_crop_offsets(seeds[0], size, size, crop)
-    if config.pca_std > 0:
-        rgb = pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2])
-    else:
-        rgb = tf.zeros([3])
-    return {
-        IMAGE: _decode_crop_of_square(encoded, size, offset_y, offset_x, crop),
-        CROP: tf.stack([offset_y, offset_x]),
-        FLIP: _flip_decision(seeds[1]),
-        RGB: rgb,
-    }
+    draws = training_draws(config, stats, _seed_or_random(seed), 1)
+    return decode_train_crop(encoded, config, {key: value[0] for key, value in draws.items()})
 
 
 def eval_crop(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:

@@ -126,7 +126,15 @@ def parse_example(serialized: tf.Tensor, label_offset: int = 0) -> dict[str, tf.
     Returns:
       ``{"encoded", "label" (int32, 0-based), "height", "width", "filename", "synset"}``.
     """
-    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    return _features(tf.io.parse_single_example(serialized, _FEATURES), label_offset)
+
+
+def parse_examples(serialized: tf.Tensor, label_offset: int = 0) -> dict[str, tf.Tensor]:
+    """``parse_example`` for a vector of serialized examples at once: one op, each value [N]."""
+    return _features(tf.io.parse_example(serialized, _FEATURES), label_offset)
+
+
+def _features(parsed: dict[str, tf.Tensor], label_offset: int) -> dict[str, tf.Tensor]:
     return {
         "encoded": parsed[IMAGE_KEY],
         "label": tf.cast(parsed[LABEL_KEY], tf.int32) - label_offset,

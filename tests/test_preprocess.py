@@ -179,8 +179,11 @@ def test_random_flip_known_answer_and_probability():
     assert 160 <= flipped <= 240  # p = 0.5: 200 +- 4 standard deviations
 
 
-def _pca_offsets(stats, draws: int, seed: int) -> np.ndarray:
-    """``draws`` colour offsets, one per image seed ``(i, seed)``, drawn inside ``Dataset.map``."""
+def _pca_offsets(stats, draws: int, seed: int, block: bool = False) -> np.ndarray:
+    """``draws`` colour offsets: one per image seed ``(i, seed)`` inside ``Dataset.map``, or one block."""
+    if block:  # as the input pipeline draws them: many at once from one seed
+        offsets = preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.constant([seed, 1]), draws)
+        return offsets.numpy().astype(np.float64)
     dataset = (
         tf.data.Dataset.range(draws)
         .map(lambda i: preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, 0.1, tf.stack([i, seed])))
@@ -189,21 +192,24 @@ def _pca_offsets(stats, draws: int, seed: int) -> np.ndarray:
     return next(iter(dataset)).numpy().astype(np.float64)
 
 
-def test_pca_offset_zero_mean_and_expected_covariance(stats):
+@pytest.mark.parametrize("block", [False, True], ids=["per_image", "block"])
+def test_pca_offset_zero_mean_and_expected_covariance(stats, block):
     """Over many draws the noise has mean 0 and covariance V diag((0.1 lambda)^2) V^T."""
     draws = 20_000
-    offsets = _pca_offsets(stats, draws, seed=17)
+    offsets = _pca_offsets(stats, draws, seed=17, block=block)
     vectors, values = stats.eigenvectors.astype(np.float64), stats.eigenvalues.astype(np.float64)
     expected = vectors @ np.diag((0.1 * values) ** 2) @ vectors.T
     spread = np.sqrt(np.diag(expected))
     np.testing.assert_array_less(np.abs(offsets.mean(0)), 5 * spread / np.sqrt(draws))
     np.testing.assert_allclose(np.cov(offsets.T), expected, atol=0.05 * expected.max())
-    # And the same function eagerly.
-    eager = preprocess.pca_offset(values, vectors, 0.1, tf.constant([3, 17], tf.int64)).numpy()
-    np.testing.assert_allclose(eager, offsets[3], rtol=1e-5)
+    # And the same function eagerly, one image at a time: the block's first row is its draw.
+    seed = [17, 1] if block else [3, 17]
+    eager = preprocess.pca_offset(values, vectors, 0.1, tf.constant(seed, tf.int64)).numpy()
+    np.testing.assert_allclose(eager, offsets[0 if block else 3], rtol=1e-5)
 
 
-def test_pca_noise_variance_per_eigen_direction(stats):
+@pytest.mark.parametrize("block", [False, True], ids=["per_image", "block"])
+def test_pca_noise_variance_per_eigen_direction(stats, block):
     """Each principal component gets its own alpha_i ~ N(0, 0.1) times its own eigenvalue.
 
     The offset's coordinate along p_i is alpha_i * lambda_i: its standard deviation must be
@@ -212,7 +218,7 @@ def test_pca_noise_variance_per_eigen_direction(stats):
     tolerance (20,000 draws: the sampling error of a variance is 1%).
     """
     draws = 20_000
-    offsets = _pca_offsets(stats, draws, seed=23)
+    offsets = _pca_offsets(stats, draws, seed=23, block=block)
     vectors, values = stats.eigenvectors.astype(np.float64), stats.eigenvalues.astype(np.float64)
     coordinates = offsets @ vectors  # column i: the offset's component along p_i
     for i in range(3):
@@ -225,6 +231,27 @@ def test_pca_noise_variance_per_eigen_direction(stats):
         alpha = 0.1 * tf.random.stateless_normal([3], seed=seed).numpy().astype(np.float64)
         got = preprocess.pca_offset(values, vectors, 0.1, tf.constant(seed)).numpy()
         np.testing.assert_allclose(got, vectors @ (alpha * values), rtol=1e-5, atol=1e-5)
+
+
+def test_training_draws_in_blocks(stats):
+    """The input pipeline's draws, a block at a time: uniform crops over every position, fair flips,
+    the first row what one image draws from the same seed, and no colour noise at pca_std=0."""
+    config = get_config("paper")
+    count, limit = 20_000, config.image_size - config.input_size + 1
+    draws = preprocess.training_draws(config, stats, tf.constant([7, 2], tf.int64), count)
+    crops, flips = draws[preprocess.CROP].numpy(), draws[preprocess.FLIP].numpy()
+    assert crops.shape == (count, 2) and draws[preprocess.RGB].shape == (count, 3)
+    for axis in range(2):  # each of the 30 positions about count / 30 times (+- 5 sigma)
+        histogram = np.bincount(crops[:, axis], minlength=limit)
+        assert len(histogram) == limit and np.abs(histogram - count / limit).max() < 5 * np.sqrt(count / limit)
+    assert abs(flips.mean() - 0.5) < 5 * 0.5 / np.sqrt(count)
+    assert np.corrcoef(crops[:, 0], crops[:, 1])[0, 1] < 0.05  # y and x drawn independently
+    one = preprocess.train_crop(tf.io.encode_png(_random_uint8(300, 260)), config, stats, tf.constant([7, 2], tf.int64))
+    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
+        np.testing.assert_array_equal(one[key].numpy(), draws[key][0].numpy())
+    quiet = preprocess.training_draws(config.replace(pca_std=0.0), stats, tf.constant([7, 2], tf.int64), 8)
+    np.testing.assert_array_equal(quiet[preprocess.RGB].numpy(), np.zeros((8, 3)))
+    np.testing.assert_array_equal(quiet[preprocess.CROP].numpy(), crops[:8])
 
 
 def _rounded_square(encoded, image_size: int) -> np.ndarray:

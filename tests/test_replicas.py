@@ -352,17 +352,16 @@ def _evaluate(devices, out, data_dir):
     pathlib.Path(out).write_text(json.dumps({"one_device_errors": errors(reference), "cases": cases}))
 
 
-def _float_training_view(encoded, config, stats, seed):
+def _float_training_view(encoded, config, stats, draws):
     """The training view as the float pipeline computed it before the uint8 host pipeline.
 
-    The same seeds for the same draws; the central square decoded and resized in float (or, when
-    its side already is image_size, only the crop decoded); the crop mirrored, minus the mean
-    image's window mirrored with it, plus the colour offset.
+    The same draws (crop, flip, colour offset); the central square decoded and resized in float
+    (or, when its side already is image_size, only the crop decoded); the crop mirrored, minus
+    the mean image's window mirrored with it, plus the colour offset.
     """
     size, crop = config.image_size, config.input_size
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    offset_y, offset_x = preprocess.random_crop_offsets(seeds[0], size, size, crop)
-    flip = tf.random.stateless_uniform([], seed=seeds[1]) < preprocess.FLIP_PROBABILITY
+    offset_y, offset_x = draws[preprocess.CROP][0], draws[preprocess.CROP][1]
+    flip = draws[preprocess.FLIP]
     shape = tf.image.extract_jpeg_shape(encoded)  # the converter writes every record as JPEG
     side = tf.reduce_min(shape[:2])
     top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
@@ -381,22 +380,14 @@ def _float_training_view(encoded, config, stats, seed):
     means = tf.constant(np.stack([mean, mean[:, ::-1]]))
     mean_x = tf.where(flip, size - offset_x - crop, offset_x)
     image = image - means[tf.cast(flip, tf.int32), offset_y : offset_y + crop, mean_x : mean_x + crop]
-    rgb = preprocess.pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2])
-    return image + rgb, side == size
+    return image + draws[preprocess.RGB], side == size
 
 
 def _finish(devices, out, sets):
     """Training batches finished on the device against the float views of the same records and seeds."""
     names = _logical_devices(devices)
     strategy = tf.distribute.MirroredStrategy(names) if len(names) > 1 else tf.distribute.OneDeviceStrategy(names[0])
-    host_half = preprocess.train_crop
-
-    def with_reference(encoded, config, stats, seed):
-        features = host_half(encoded, config, stats, seed)
-        features["reference"], features["exact"] = _float_training_view(encoded, config, stats, seed)
-        return features
-
-    preprocess.train_crop = with_reference  # what data.make_dataset maps, traced below
+    host_half = preprocess.decode_train_crop
     results = []
     for spec in json.loads(sets):
         data_dir = spec["data_dir"]
@@ -404,6 +395,13 @@ def _finish(devices, out, sets):
                             mean_subtraction="image", pca_std=0.1)
         stats = statistics.load_statistics(data_dir)
         assert stats.mean_image is not None
+
+        def with_reference(encoded, config, draws, stats=stats):
+            features = host_half(encoded, config, draws)
+            features["reference"], features["exact"] = _float_training_view(encoded, config, stats, draws)
+            return features
+
+        preprocess.decode_train_crop = with_reference  # what data.make_dataset maps, traced below
         pattern = data.file_pattern(data_dir, "train")
         batches = strategy.distribute_datasets_from_function(
             lambda context, pattern=pattern, config=config, stats=stats: data.make_dataset(

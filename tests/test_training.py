@@ -215,14 +215,14 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monke
     config = _tiny(batch_size=4, shuffle_buffer=80)
     inputs = data.record_inputs(config, str(converted(SHAPES)))
     decoded = []
-    original = preprocess.train_crop
+    original = preprocess.decode_train_crop
 
     def counting(encoded, *args):
         tick = tf.py_function(lambda: np.int32(len(decoded.append(1) or decoded)), [], tf.int32)
         with tf.control_dependencies([tick]):
             return tf.nest.map_structure(tf.identity, original(encoded, *args))
 
-    monkeypatch.setattr(preprocess, "train_crop", counting)
+    monkeypatch.setattr(preprocess, "decode_train_crop", counting)
     trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
     done = 14  # of 20 steps: 56 of the 80 records trained on before the checkpoint
     fresh = trainer.distribute(inputs, 1)
