@@ -7,14 +7,16 @@ Builds two sets of shards from the source images with the converter: the origina
 host's half of the training pipeline (``alexnet_tf.data.make_dataset``: shuffles, the central
 square, the random crop decoded alone where that is exact, the draws of flip and PCA noise,
 batching of uint8 crops; the mean image, mirroring and colour noise are the device's, not timed
-here). CPU-seconds are the process's user + system time over the timed passes, so the figures
-are work per image, steadier than wall time on a machine shared with other jobs. The two are
-measured in ``--rounds`` alternating rounds (decode, training view, decode, ...), each on a fresh
+here), and (3) decoding the central square and resizing it to 256, nothing else: the ceiling
+of any training view that resizes. CPU-seconds are the process's user + system time over the
+timed passes, so the figures are work per image, steadier than wall time on a machine shared
+with other jobs. The three are measured in ``--rounds`` alternating rounds, each on a fresh
 iterator, and each figure is the median of its rounds: the machine's drift then falls on both
 alike. As in ``train.py``, TensorFlow's CPU tensors get the BFC allocator. The last line printed
 is one JSON object: train_vs_decode_cpu and train_vs_decode_resized_cpu (training-view images per CPU-second
-over decode-only images per CPU-second, same records; goal >= 0.9), the bytes per training image
-that leave the host, images/s and per CPU-second, peak memory.
+over decode-only images per CPU-second, same records; goal >= 0.9), each round's ratio, the
+ceiling (3) over decode-only, the bytes per training image that leave the host, images/s and per
+CPU-second, peak memory.
 """
 
 from __future__ import annotations
