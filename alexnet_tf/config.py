@@ -91,14 +91,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_classes=10, input_size=67, width=0.25, image_size=76, bias_init="caffe", weight_init="he",
         batch_size=32, learning_rate=0.001, epochs=10, shuffle_buffer=3000, plateau_patience=2,
     ),
-    # Imagenette (10 ImageNet classes, about 9,500 or 3,000 training images) on CPUs. With the
-    # pixels scaled before conv1 ("he"), lr 0.003 is stable and the paper's dropout helps: measured
-    # 68.6% top-1 (centre) against 62.2% for lr 0.0005 without dropout. A fixed step schedule: the
-    # plateau rule cut the rate too early on a noisy 500-image validation set.
+    # Imagenette (10 ImageNet classes, 9,469 training images) on CPUs. With the pixels scaled
+    # before conv1 ("he"), lr 0.003 is stable and the paper's dropout helps (on 3,000 images: 68.6%
+    # top-1 against 62.2% for lr 0.0005 without dropout). A fixed step schedule: the plateau rule
+    # cut the rate too early on a noisy 500-image validation set. 25 epochs, the rate divided by 10
+    # after 18 and 23: 77.6% top-1 (centre crop) in 28 minutes on 2 cores, seed 0.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
-        batch_size=64, learning_rate=0.003, dropout=0.5, lr_schedule="step:60,80",
-        epochs=90, shuffle_buffer=4000,
+        batch_size=64, learning_rate=0.003, dropout=0.5, lr_schedule="step:18,23",
+        epochs=25, shuffle_buffer=4000,
     ),
 }
 
