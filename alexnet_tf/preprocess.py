@@ -8,10 +8,11 @@ or the ten crops of ``ten_crop``.
 
 The work is split in two halves, so that the host does only what needs the encoded bytes:
 
-* On the host (``train_crop``, ``eval_crop``, ``ten_crop_square``, mapped by ``data.make_dataset``):
-  decode, the central square, the crop, all in uint8, plus a few values per image: the crop's
-  offset, whether to mirror it, the PCA colour offset. A 227x227x3 crop is 154,587 bytes, a
-  quarter of its float32 view.
+* On the host (``decode_train_crop``, ``eval_crop``, ``ten_crop_square``, mapped by
+  ``data.make_dataset``): decode, the central square, the crop, all in uint8, plus a few values
+  per image: the crop's offset, whether to mirror it, the PCA colour offset (``training_draws``
+  makes these for a block of images at once; ``train_crop`` is both steps for one image). A
+  227x227x3 crop is 154,587 bytes, a quarter of its float32 view.
 * On the device, inside the compiled step (``DeviceFinish``): cast to float, subtract the mean
   image at the crop's offset, mirror, add the colour offset. ``preprocess_for_train`` /
   ``preprocess_for_eval`` / ``preprocess_for_ten_crop`` are both halves for one image (serving,
