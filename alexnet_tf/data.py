@@ -261,7 +261,7 @@ def make_dataset(
     if skip_records:
         dataset = dataset.skip(skip_records)
     # Parse a group of records with one op (one op per record cost the host as much again as the
-    # rest of the per-record work), keeping their order.
+    # rest of the per-record work) and check their labels, keeping their order.
     dataset = dataset.batch(PARSE_GROUP).map(_parse_group(config)).unbatch()
     # Decode and crop in one parallel map: decoding is the expensive step, and it runs only on
     # records that will be used. The pixels stay uint8: the float arithmetic (mean, colour
@@ -285,46 +285,46 @@ def make_dataset(
 
 
 def _parse_group(config: Config):
-    """Parses a group of serialized records at once: (records [N], ...) -> (features [N], ...)."""
+    """Parses a group of serialized records at once and checks their labels: (records [N], ...) ->
+    (features [N], ...)."""
 
     def parse(serialized, *rest):
         parsed = records.parse_examples(serialized, config.label_offset)
-        return (parsed, *rest) if rest else parsed
-
-    return parse
-
-
-def _make_map_fn(training: bool, ten_crop: bool, config: Config):
-    """The per-record function: check the label, decode and crop (the host's half of the view)."""
-
-    def label_of(parsed):
         label = parsed["label"]
+        outside = tf.logical_or(label < 0, label >= config.num_classes)
         check = tf.debugging.Assert(
-            tf.logical_and(label >= 0, label < config.num_classes),
+            tf.logical_not(tf.reduce_any(outside)),
             [
                 "Label",
-                label,
+                tf.boolean_mask(label, outside)[:1],
                 "of",
-                parsed["filename"],
+                tf.boolean_mask(parsed["filename"], outside)[:1],
                 f"is outside [0, {config.num_classes}) after "
                 f"--label_offset={config.label_offset}; check --label_offset (1 for 1-based labels, 0 for "
                 "0-based)",
             ],
         )
         with tf.control_dependencies([check]):
-            return tf.identity(label)
+            parsed["label"] = tf.identity(label)
+        return (parsed, *rest) if rest else parsed
+
+    return parse
+
+
+def _make_map_fn(training: bool, ten_crop: bool, config: Config):
+    """The per-record function: decode and crop (the host's half of the view)."""
 
     if training:
 
         def train_fn(parsed, draws):
-            return preprocess.decode_train_crop(parsed["encoded"], config, draws), label_of(parsed)
+            return preprocess.decode_train_crop(parsed["encoded"], config, draws), parsed["label"]
 
         return train_fn
 
     view = preprocess.ten_crop_square if ten_crop else preprocess.eval_crop
 
     def eval_fn(parsed):
-        return view(parsed["encoded"], config), label_of(parsed)
+        return view(parsed["encoded"], config), parsed["label"]
 
     return eval_fn
 
