@@ -348,9 +348,10 @@ class Inputs:
 
     Attributes:
       train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
-        batches; it is called afresh for every epoch and must yield at least ``steps_per_epoch``
-        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply:
-        a run resumed mid-epoch has trained on them).
+        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply: a
+        run resumed mid-epoch has trained on them). With ``--deterministic`` it is called afresh
+        for every epoch and must yield at least ``steps_per_epoch`` batches; otherwise once per
+        run, and the epochs read on from it (``Trainer.epoch_iterator``): it must not end.
       validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
       steps_per_epoch: training steps per epoch.
       data_dir: the converted records these come from ("" for in-memory or synthetic data).

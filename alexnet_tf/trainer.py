@@ -101,6 +101,7 @@ class Trainer:
         self._train_step = self._make_train_step()
         self._train_loop = self._make_train_loop()
         self._loop_iterator, self._loop_function = None, None
+        self._shared_iterator: tuple[Inputs, Iterator] | None = None
         self._eval_step = self._make_eval_step()
 
     @property
@@ -209,6 +210,24 @@ class Trainer:
             return inputs.train(context, epoch, done * replicas_per_pipeline)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def epoch_iterator(self, inputs: Inputs, epoch: int) -> Iterator:
+        """The batches of epoch ``epoch``, from step ``step_in_epoch`` on, for ``train_loop``.
+
+        With ``--deterministic`` every epoch reads its own pipeline (``distribute``), seeded by
+        (seed, epoch), so that a resumed run sees the batches an uninterrupted one saw. Otherwise
+        the pipeline's order and draws are random anyway, and the epochs of this process read on
+        from one endless pipeline, each taking its ``steps_per_epoch`` batches. Deleting a tf.data
+        iterator waits for its autotuning thread to wake (TensorFlow 2.21: the thread's sleep grows
+        to a minute and deleting does not cut it short): with a pipeline per epoch the Imagenette
+        preset stood still for 0-25 s at the start of about half its epochs
+        (``benchmarks/training.py --parts=epochs``).
+        """
+        if self.config.deterministic:
+            return self.distribute(inputs, epoch)
+        if self._shared_iterator is None or self._shared_iterator[0] is not inputs:
+            self._shared_iterator = (inputs, self.distribute(inputs, epoch))
+        return self._shared_iterator[1]
 
     def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopFigures, int | None]:
         """``steps`` optimisation steps in one call to the device.

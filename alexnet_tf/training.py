@@ -10,9 +10,10 @@ loop. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras
 so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the batches
 ``data.Inputs``, and everything a run writes goes where ``workdir.py`` says.
 
-Running again with the same work directory resumes from the latest checkpoint. Each epoch reads a
-fresh pipeline seeded by (seed, epoch), so in deterministic mode a resumed run sees the same
+Running again with the same work directory resumes from the latest checkpoint. In deterministic
+mode each epoch reads a fresh pipeline seeded by (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one; a checkpoint taken mid-epoch skips the batches already used.
+Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``).
 """
 
 from __future__ import annotations
@@ -304,7 +305,7 @@ def _train_epoch(
     steps = inputs.steps_per_epoch
     step = int(trainer.step_in_epoch.numpy())
     global_step = int(trainer.global_step.numpy())
-    iterator = trainer.distribute(inputs, epoch)  # from step `step`: a mid-epoch checkpoint resumes there
+    iterator = trainer.epoch_iterator(inputs, epoch)  # from step `step`: a mid-epoch checkpoint resumes there
     progress = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], verbose=1 if verbose else 0)
     if verbose:
         logging.info("Epoch %d/%d, learning rate %g", epoch + 1, config.epochs, rate)

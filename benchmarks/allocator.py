@@ -1,17 +1,19 @@
-"""CPU cost per training image with TensorFlow's default CPU allocator and with its BFC allocator.
+"""CPU cost per training image with TensorFlow's default CPU allocator, its BFC allocator, and the
+BFC allocator with glibc's heap padded.
 
     python benchmarks/allocator.py [--imagenette_dir=../shared/data/imagenette] [--steps=10,60]
 
 TensorFlow's default CPU allocator hands every tensor to malloc; the large ones (a batch of
 images, a layer's activations) come from fresh pages that the kernel must fault in and zero at
 every step. ``train.py`` and ``evaluate.py`` therefore start TensorFlow with its best-fit
-allocator (``TF_CPU_ALLOCATOR_USE_BFC=true``, see ``alexnet_tf.console``), which keeps freed
-memory for the next step. This script converts the Imagenette training images at the preset's
-size once, then runs ``train.py --preset=imagenette`` on them as separate processes, with each
-allocator, for two numbers of steps. The difference between the long and the short run removes
-start-up, tracing, evaluation and export, leaving the cost of the steps themselves: CPU-seconds
-(user and system) and page faults per training image, and images per CPU-second. The pairs are
-timed alternately in one run. The last line printed is one JSON object.
+allocator (``TF_CPU_ALLOCATOR_USE_BFC=true``), which keeps freed memory for the next step, and
+keep 256 MiB at the top of glibc's heap (``MALLOC_TOP_PAD_``) for what kernels still take from
+malloc, both in ``alexnet_tf.console``. This script converts the Imagenette training images at
+the preset's size once, then runs ``train.py --preset=imagenette`` on them as separate processes
+with each setting, for two numbers of steps. The difference between the long and the short run
+removes start-up, tracing, evaluation and export, leaving the cost of the steps themselves:
+CPU-seconds (user and system) and page faults per training image, and images per CPU-second.
+The settings are timed alternately in one run. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,11 +38,24 @@ flags.DEFINE_string("imagenette_dir", os.path.join(ROOT, "..", "shared", "data",
 flags.DEFINE_list("steps", ["10", "60"], "The short and the long run's training steps.")
 flags.DEFINE_integer("repeats", 2, "Runs of each (allocator, steps) pair.")
 FLAGS = flags.FLAGS
+GLIBC_TOP_PAD = str(128 * 1024)  # glibc's own default
 
 
-def _run(data_dir: str, steps: int, allocator: str, workdir: str) -> dict[str, float]:
+# name: (TF_CPU_ALLOCATOR_USE_BFC, MALLOC_TOP_PAD_ or None for train.py's own).
+SETTINGS = {
+    "malloc": ("false", GLIBC_TOP_PAD),
+    "bfc": ("true", GLIBC_TOP_PAD),
+    "bfc_padded": ("true", None),
+}
+
+
+def _run(data_dir: str, steps: int, setting: str, workdir: str) -> dict[str, float]:
     """One training process; its CPU-seconds, page faults and wall seconds."""
-    env = dict(os.environ, **{console.CPU_ALLOCATOR_VARIABLE: allocator})
+    allocator, pad = SETTINGS[setting]
+    env = {k: v for k, v in os.environ.items() if k != console.HEAP_PAD_VARIABLE}
+    env[console.CPU_ALLOCATOR_VARIABLE] = allocator
+    if pad is not None:  # set by the "user": train.py keeps it
+        env[console.HEAP_PAD_VARIABLE] = pad
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
@@ -66,14 +81,14 @@ def main(argv: list[str]) -> None:
                                                  FLAGS.imagenette_dir)
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
         for repeat in range(FLAGS.repeats):
-            for allocator in ("false", "true"):
+            for setting in SETTINGS:
                 for steps in (short, long):
-                    workdir = os.path.join(tmp, f"run-{allocator}-{steps}-{repeat}")
-                    runs.setdefault((allocator, steps), []).append(_run(data_dir, steps, allocator, workdir))
+                    workdir = os.path.join(tmp, f"run-{setting}-{steps}-{repeat}")
+                    runs.setdefault((setting, steps), []).append(_run(data_dir, steps, setting, workdir))
 
-    def per_image(allocator: str) -> dict[str, float]:
+    def per_image(setting: str) -> dict[str, float]:
         # The cheapest run of each length: the others met more of the machine's other work.
-        best = {s: min(runs[(allocator, s)], key=lambda r: r["user"] + r["system"]) for s in (short, long)}
+        best = {s: min(runs[(setting, s)], key=lambda r: r["user"] + r["system"]) for s in (short, long)}
         images = (long - short) * config.batch_size
         user = (best[long]["user"] - best[short]["user"]) / images
         system = (best[long]["system"] - best[short]["system"]) / images
@@ -81,16 +96,19 @@ def main(argv: list[str]) -> None:
                 "page_faults_per_image": round((best[long]["faults"] - best[short]["faults"]) / images, 1),
                 "images_per_cpu_second": round(1.0 / (user + system), 1)}
 
-    malloc, bfc = per_image("false"), per_image("true")
-    for name, figures in (("default (malloc)", malloc), ("BFC", bfc)):
-        print(f"{name:>17}: {figures['cpu_seconds_per_image'] * 1000:.2f} CPU-ms per image "
-              f"({figures['system_share']:.0%} in the kernel), {figures['page_faults_per_image']:.0f} page faults "
-              f"per image, {figures['images_per_cpu_second']} images per CPU-second")
-    print(json.dumps({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long],
-                      "malloc": malloc, "bfc": bfc,
-                      "bfc_vs_malloc_images_per_cpu_second": round(
-                          bfc["images_per_cpu_second"] / malloc["images_per_cpu_second"], 3)}))
+    figures = {setting: per_image(setting) for setting in SETTINGS}
+    names = {"malloc": "default (malloc)", "bfc": "BFC", "bfc_padded": "BFC + heap pad"}
+    for setting, each in figures.items():
+        print(f"{names[setting]:>17}: {each['cpu_seconds_per_image'] * 1000:.2f} CPU-ms per image "
+              f"({each['system_share']:.0%} in the kernel), {each['page_faults_per_image']:.0f} page faults "
+              f"per image, {each['images_per_cpu_second']} images per CPU-second")
 
+    def ratio(a: str, b: str) -> float:
+        return round(figures[a]["images_per_cpu_second"] / figures[b]["images_per_cpu_second"], 3)
+
+    print(json.dumps({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long], **figures,
+                      "bfc_vs_malloc_images_per_cpu_second": ratio("bfc", "malloc"),
+                      "padded_vs_bfc_images_per_cpu_second": ratio("bfc_padded", "bfc")}))
 
 if __name__ == "__main__":
     app.run(main)

@@ -27,7 +27,18 @@ on an in-memory batch, so the input pipeline is not the limit, two ways:
   first (which includes tracing).
 
 ``loop_vs_in_graph`` is ``train``'s images/s over ``in_graph``'s (goal >= 0.9), each the best of
-``--repeats`` interleaved runs. The last line is one JSON object of all figures.
+``--repeats`` interleaved runs.
+
+``--parts=epochs``: what a new input pipeline per epoch costs. ``training.train`` runs the
+``imagenette`` preset's network on synthetic batches for ``--epochs_epochs`` epochs of
+``--epochs_steps`` steps (about 20 s each on 2 cores), alternately as it does (one pipeline for
+the run: ``Trainer.epoch_iterator``) and with a new pipeline every epoch, as with
+``--deterministic``. Deleting a tf.data iterator waits until its autotuning thread wakes, and
+that thread sleeps longer and longer (up to a minute) as the iterator ages. Printed: each epoch's
+first loop of steps, whose time includes deleting the last epoch's iterator, and images/s over
+the epochs after the first, best of ``--repeats``.
+
+The last line is one JSON object of all figures.
 """
 
 from __future__ import annotations
@@ -39,6 +50,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alexnet_tf import console  # noqa: E402
+
+# The memory settings train.py runs with; set before TensorFlow is imported.
+console.reuse_cpu_memory()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -58,14 +74,16 @@ WARMUP_STEPS = 3
 flags.DEFINE_integer("steps", 15, "timed steps per method")
 flags.DEFINE_integer("batch_size", 32, "global batch for the full network (the paper's is 128)")
 flags.DEFINE_integer("small_batch_size", 32, "batch for the small preset")
-flags.DEFINE_list("parts", ["throughput", "loop"], "throughput (fit, bare step, our loop) and/or loop "
-                  "(loop_vs_in_graph)")
+flags.DEFINE_list("parts", ["throughput", "loop"], "throughput (fit, bare step, our loop), loop "
+                  "(loop_vs_in_graph) and/or epochs (a pipeline per epoch against one per run)")
 flags.DEFINE_integer("loop_steps", 800, "timed steps per loop_vs_in_graph measurement")
 flags.DEFINE_integer("loop_batch_size", 4, "batch of the ~2 ms model")
 flags.DEFINE_integer("loop_input_size", 67, "input of the ~2 ms model")
 flags.DEFINE_float("loop_width", 0.0625, "width of the ~2 ms model")
 flags.DEFINE_integer("repeats", 3, "interleaved repeats of each loop measurement; the best counts")
 flags.DEFINE_list("steps_per_loop", [], "steps_per_loop values to time besides the default and 1")
+flags.DEFINE_integer("epochs_epochs", 5, "epochs per --parts=epochs run")
+flags.DEFINE_integer("epochs_steps", 60, "steps per epoch of a --parts=epochs run")
 FLAGS = flags.FLAGS
 
 
@@ -202,6 +220,51 @@ def loop_vs_in_graph() -> dict:
     return figures
 
 
+def time_epochs(pipeline_per_epoch: bool) -> tuple[list[float], float]:
+    """Seconds of each epoch's first loop, and images/s over the epochs after the first."""
+    config = get_config("imagenette", epochs=FLAGS.epochs_epochs, steps_per_epoch=FLAGS.epochs_steps)
+    marks = []
+    original = training.Trainer.epoch_iterator
+    if pipeline_per_epoch:
+        training.Trainer.epoch_iterator = training.Trainer.distribute
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            training.train(config, workdir, synthetic=True, finish=False, verbose=False,
+                           strategy=distribute.make_strategy(devices=["/cpu:0"]),
+                           step_callback=lambda step, figures: marks.append((time.perf_counter(), step)))
+    finally:
+        training.Trainer.epoch_iterator = original
+    loops_per_epoch = len(marks) // config.epochs
+    firsts = [marks[e * loops_per_epoch][0] - marks[e * loops_per_epoch - 1][0]
+              for e in range(1, config.epochs)]
+    (start, first), (end, last) = marks[loops_per_epoch - 1], marks[-1]
+    return firsts, (last - first) * config.batch_size / (end - start)
+
+
+def pipeline_per_epoch_vs_per_run() -> dict:
+    best = {"per_run": 0.0, "per_epoch": 0.0}
+    firsts = {"per_run": [], "per_epoch": []}
+    for repeat in range(FLAGS.repeats):
+        for name in ("per_epoch", "per_run"):
+            seconds, rate = time_epochs(name == "per_epoch")
+            firsts[name] += seconds
+            best[name] = max(best[name], rate)
+            print(f"repeat {repeat + 1}, a pipeline {name.replace('_', ' ')}: first loop of epochs 2-"
+                  f"{FLAGS.epochs_epochs}: " + ", ".join(f"{s:.1f}" for s in seconds)
+                  + f" s; {rate:.0f} images/s", flush=True)
+    figures = {
+        "preset": "imagenette", "epochs": FLAGS.epochs_epochs, "steps_per_epoch": FLAGS.epochs_steps,
+        "first_loop_seconds": {k: [round(s, 2) for s in v] for k, v in firsts.items()},
+        "images_per_second": {k: round(v, 1) for k, v in best.items()},
+        "per_run_vs_per_epoch": round(best["per_run"] / best["per_epoch"], 3),
+    }
+    print(f"one pipeline per run: {best['per_run']:.0f} images/s; a pipeline per epoch: {best['per_epoch']:.0f} "
+          f"({figures['per_run_vs_per_epoch']:.3f}x); first loops: per run median "
+          f"{np.median(firsts['per_run']):.1f} s (max {max(firsts['per_run']):.1f}), per epoch median "
+          f"{np.median(firsts['per_epoch']):.1f} s (max {max(firsts['per_epoch']):.1f})")
+    return figures
+
+
 def throughput() -> dict:
     figures = {}
     for name, preset, batch_size in (("full", "paper", FLAGS.batch_size),
@@ -240,12 +303,14 @@ def throughput() -> dict:
 
 def main(argv):
     del argv
-    unknown = set(FLAGS.parts) - {"throughput", "loop"}
+    unknown = set(FLAGS.parts) - {"throughput", "loop", "epochs"}
     if unknown:
-        raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from throughput, loop")
+        raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from throughput, loop, epochs")
     figures = {}
     if "loop" in FLAGS.parts:
         figures["loop"] = loop_vs_in_graph()
+    if "epochs" in FLAGS.parts:
+        figures["epochs"] = pipeline_per_epoch_vs_per_run()
     if "throughput" in FLAGS.parts:
         figures.update(throughput())
     print(json.dumps(figures))

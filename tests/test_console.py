@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from alexnet_tf import console
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PROBE = """
@@ -105,3 +107,49 @@ def test_training_and_evaluation_choose_the_allocator_before_importing_tensorflo
     for script in ("train.py", "evaluate.py"):
         text = (ROOT / script).read_text()
         assert text.index("console.reuse_cpu_memory()") < text.index("from absl import"), script
+
+
+HEAP_PROBE = """
+import ctypes, json, os, resource
+from alexnet_tf import console
+padded = console.pad_the_heap()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def cycle():  # 64 MiB in 64 KiB blocks (below glibc's mmap threshold: from the heap), touched, freed
+    blocks = [libc.malloc(65536) for _ in range(1024)]
+    for block in blocks:
+        ctypes.memset(block, 1, 65536)
+    for block in reversed(blocks):
+        libc.free(block)
+
+cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    cycle()
+print(json.dumps({"padded": padded, "variable": os.environ.get(console.HEAP_PAD_VARIABLE),
+                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def _heap_faults(user_value: str | None) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != console.HEAP_PAD_VARIABLE}
+    if user_value is not None:
+        env[console.HEAP_PAD_VARIABLE] = user_value
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", HEAP_PROBE], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the heap pad is glibc's (Linux)")
+def test_the_padded_heap_keeps_its_pages_and_the_users_choice_is_kept():
+    padded, plain = _heap_faults(None), _heap_faults("131072")  # glibc's default pad, set by the user
+    assert padded["padded"] and padded["variable"] == str(console.HEAP_TOP_PAD)
+    assert not plain["padded"] and plain["variable"] == "131072"
+    # Unpadded, glibc gives the freed 64 MiB back and faults it in again each time: 16,384 pages a
+    # cycle. Padded, the pages stay.
+    assert plain["faults"] > 10 * 8192, plain
+    assert padded["faults"] < plain["faults"] / 20, (padded, plain)

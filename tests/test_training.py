@@ -6,6 +6,7 @@ as a script in a subprocess: ``python tests/test_training.py <mode> ...``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -77,6 +78,23 @@ def test_each_epoch_reads_the_records_in_a_new_order(converted):
     assert set(first) <= set(range(24)) and len(set(first)) > 12
     assert epoch_labels(0) == first
     assert epoch_labels(1) != first and epoch_labels(2) != epoch_labels(1)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_epochs_read_on_from_one_pipeline_unless_deterministic(tmp_path, deterministic):
+    """A pipeline per epoch only where the seeds need it: deleting an old one can stall for seconds."""
+    config = _tiny(epochs=3, deterministic=deterministic, steps_per_loop=3)
+    inputs = _inputs(config)
+    built = []
+
+    def train(context, epoch, skip_batches=0):
+        built.append(epoch)
+        return inputs.train(context, epoch, skip_batches)
+
+    counted = dataclasses.replace(inputs, train=train)
+    summary = training.train(config, str(tmp_path), inputs=counted, finish=False, verbose=False)
+    assert summary["global_step"] == 3 * inputs.steps_per_epoch
+    assert built == ([0, 1, 2] if deterministic else [0])
 
 
 def test_train_writes_the_workdir_contract_and_resumes(tmp_path):
