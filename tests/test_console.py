@@ -83,15 +83,20 @@ print(json.dumps({"variable": os.environ.get(console.CPU_ALLOCATOR_VARIABLE),
 """
 
 
-def _faults(user_value: str | None) -> dict:
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPU_ALLOCATOR_USE_BFC"}
+def _run_probe(script: str, variable: str, user_value: str | None) -> dict:
+    """Runs ``script`` in a fresh interpreter with ``variable`` unset or set to ``user_value``; its last JSON line."""
+    env = {key: value for key, value in os.environ.items() if key != variable}
     if user_value is not None:
-        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_value
+        env[variable] = user_value
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", FAULTS_PROBE], cwd=ROOT, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _faults(user_value: str | None) -> dict:
+    return _run_probe(FAULTS_PROBE, console.CPU_ALLOCATOR_VARIABLE, user_value)
 
 
 def test_the_bfc_allocator_reuses_memory_and_the_users_choice_is_kept():
@@ -134,14 +139,7 @@ print(json.dumps({"padded": padded, "variable": os.environ.get(console.HEAP_PAD_
 
 
 def _heap_faults(user_value: str | None) -> dict:
-    env = {key: value for key, value in os.environ.items() if key != console.HEAP_PAD_VARIABLE}
-    if user_value is not None:
-        env[console.HEAP_PAD_VARIABLE] = user_value
-    env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", HEAP_PROBE], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _run_probe(HEAP_PROBE, console.HEAP_PAD_VARIABLE, user_value)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the heap pad is glibc's (Linux)")
