@@ -2,6 +2,7 @@
 
     python benchmarks/training.py [--steps=20] [--batch_size=32]
     python benchmarks/training.py --parts=loop          # only loop_vs_in_graph
+    python benchmarks/training.py --parts=xla --repeats=3 --steps=30   # --jit_compile, imagenette preset
 
 ``--parts=throughput``: for the full network (the paper preset) and the small built-in preset,
 the same model and optimiser (PaperSGD) train on one random batch repeated, so the input
@@ -37,6 +38,11 @@ the run: ``Trainer.epoch_iterator``) and with a new pipeline every epoch, as wit
 that thread sleeps longer and longer (up to a minute) as the iterator ages. Printed: each epoch's
 first loop of steps, whose time includes deleting the last epoch's iterator, and images/s over
 the epochs after the first, best of ``--repeats``.
+
+``--parts=xla``: what ``--jit_compile`` buys on this CPU. ``Trainer.train_step`` of the
+``imagenette`` preset on synthetic batches, without and with XLA, alternately for ``--repeats``
+rounds of ``--steps`` steps: images/s and CPU-milliseconds per image (this process), best of the
+rounds, and their ratios.
 
 The last line is one JSON object of all figures.
 """
@@ -75,7 +81,8 @@ flags.DEFINE_integer("steps", 15, "timed steps per method")
 flags.DEFINE_integer("batch_size", 32, "global batch for the full network (the paper's is 128)")
 flags.DEFINE_integer("small_batch_size", 32, "batch for the small preset")
 flags.DEFINE_list("parts", ["throughput", "loop"], "throughput (fit, bare step, our loop), loop "
-                  "(loop_vs_in_graph) and/or epochs (a pipeline per epoch against one per run)")
+                  "(loop_vs_in_graph), epochs (a pipeline per epoch against one per run) and/or xla "
+                  "(--jit_compile against the graph alone, imagenette preset)")
 flags.DEFINE_integer("loop_steps", 800, "timed steps per loop_vs_in_graph measurement")
 flags.DEFINE_integer("loop_batch_size", 4, "batch of the ~2 ms model")
 flags.DEFINE_integer("loop_input_size", 67, "input of the ~2 ms model")
@@ -107,14 +114,14 @@ def _batch(config, batch_size):
     return images, labels
 
 
-def _time(step, steps: int) -> float:
-    """Seconds per step after warm-up (tracing); ``step()`` must block until done."""
+def _time(step, steps: int) -> tuple[float, float]:
+    """Seconds and CPU-seconds (this process) per step after warm-up (tracing); ``step()`` must block."""
     for _ in range(WARMUP_STEPS):
         step()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 
 def time_fit(config, batch_size: int, steps: int) -> float:
@@ -139,15 +146,20 @@ def time_bare_step(config, batch_size: int, steps: int) -> float:
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    return batch_size / _time(lambda: float(step()), steps)
+    return batch_size / _time(lambda: float(step()), steps)[0]
 
 
-def time_our_loop(config, batch_size: int, steps: int) -> float:
+def _our_loop_step(config, batch_size: int, steps: int) -> tuple[float, float]:
+    """Seconds and CPU-seconds per step of ``Trainer.train_step`` on synthetic batches."""
     config = config.replace(batch_size=batch_size)
     trainer = training.Trainer(config, distribute.make_strategy(devices=["/cpu:0"]))
     trainer.set_learning_rate(config.learning_rate)
     iterator = trainer.distribute(data.synthetic_inputs(config), 0)
-    return batch_size / _time(lambda: trainer.train_step(iterator), steps)
+    return _time(lambda: trainer.train_step(iterator), steps)
+
+
+def time_our_loop(config, batch_size: int, steps: int) -> float:
+    return batch_size / _our_loop_step(config, batch_size, steps)[0]
 
 
 def _loop_config() -> Config:
@@ -265,6 +277,29 @@ def pipeline_per_epoch_vs_per_run() -> dict:
     return figures
 
 
+def xla_vs_graph() -> dict:
+    """The ``imagenette`` preset's train step without and with ``--jit_compile``, alternately."""
+    config = get_config("imagenette", deterministic=False)
+    best = {"graph": (0.0, 0.0), "xla": (0.0, 0.0)}  # (images/s, images per CPU-second)
+    for repeat in range(FLAGS.repeats):
+        for name in best:
+            seconds, cpu = _our_loop_step(config.replace(jit_compile=name == "xla"), config.batch_size, FLAGS.steps)
+            rates = (config.batch_size / seconds, config.batch_size / cpu)
+            best[name] = tuple(max(old, new) for old, new in zip(best[name], rates))
+            print(f"repeat {repeat + 1}, {name}: {rates[0]:.1f} images/s, {1000 / rates[1]:.2f} CPU-ms per image",
+                  flush=True)
+    figures = {
+        "preset": "imagenette", "batch_size": config.batch_size, "steps": FLAGS.steps,
+        "images_per_second": {k: round(v[0], 1) for k, v in best.items()},
+        "cpu_ms_per_image": {k: round(1000 / v[1], 2) for k, v in best.items()},
+        "xla_vs_graph": round(best["xla"][0] / best["graph"][0], 3),
+        "xla_vs_graph_cpu": round(best["xla"][1] / best["graph"][1], 3),
+    }
+    print(f"--jit_compile: {figures['xla_vs_graph']:.3f}x the images/s, {figures['xla_vs_graph_cpu']:.3f}x the "
+          f"images per CPU-second of the graph without XLA (best of {FLAGS.repeats})")
+    return figures
+
+
 def throughput() -> dict:
     figures = {}
     for name, preset, batch_size in (("full", "paper", FLAGS.batch_size),
@@ -303,14 +338,16 @@ def throughput() -> dict:
 
 def main(argv):
     del argv
-    unknown = set(FLAGS.parts) - {"throughput", "loop", "epochs"}
+    unknown = set(FLAGS.parts) - {"throughput", "loop", "epochs", "xla"}
     if unknown:
-        raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from throughput, loop, epochs")
+        raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from throughput, loop, epochs, xla")
     figures = {}
     if "loop" in FLAGS.parts:
         figures["loop"] = loop_vs_in_graph()
     if "epochs" in FLAGS.parts:
         figures["epochs"] = pipeline_per_epoch_vs_per_run()
+    if "xla" in FLAGS.parts:
+        figures["xla"] = xla_vs_graph()
     if "throughput" in FLAGS.parts:
         figures.update(throughput())
     print(json.dumps(figures))
