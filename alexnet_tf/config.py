@@ -95,7 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # before conv1 ("he"), lr 0.003 is stable and the paper's dropout helps (on 3,000 images: 68.6%
     # top-1 against 62.2% for lr 0.0005 without dropout). A fixed step schedule: the plateau rule
     # cut the rate too early on a noisy 500-image validation set. 25 epochs, the rate divided by 10
-    # after 18 and 23: 75.9% top-1 (centre crop; 75.2-77.6 over four runs) in 19 minutes on 2 cores.
+    # after 18 and 23: 75.9% top-1 (centre crop; 75.2-77.6 over five runs) in 19 minutes on 2 cores.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
         batch_size=64, learning_rate=0.003, dropout=0.5, lr_schedule="step:18,23",
