@@ -34,15 +34,20 @@ print(json.dumps({"tf_before": before, "level": level, "python_level": python_le
 """
 
 
-def _probe(level: str | None) -> dict:
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    if level is not None:
-        env["TF_CPP_MIN_LOG_LEVEL"] = level
+def _run_probe(script: str, variable: str, user_value: str | None) -> dict:
+    """Runs ``script`` in a fresh interpreter with ``variable`` unset or set to ``user_value``; its last JSON line."""
+    env = {key: value for key, value in os.environ.items() if key != variable}
+    if user_value is not None:
+        env[variable] = user_value
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _probe(level: str | None) -> dict:
+    return _run_probe(PROBE, console.LOG_LEVEL_VARIABLE, level)
 
 
 def test_quiet_by_default_before_tensorflow_loads():
@@ -81,18 +86,6 @@ for _ in range(20):
 print(json.dumps({"variable": os.environ.get(console.CPU_ALLOCATOR_VARIABLE),
                   "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
-
-
-def _run_probe(script: str, variable: str, user_value: str | None) -> dict:
-    """Runs ``script`` in a fresh interpreter with ``variable`` unset or set to ``user_value``; its last JSON line."""
-    env = {key: value for key, value in os.environ.items() if key != variable}
-    if user_value is not None:
-        env[variable] = user_value
-    env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _faults(user_value: str | None) -> dict:
