@@ -30,6 +30,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
 from alexnet_tf import distribute, export, imagenette, paths, synthetic_data, training  # noqa: E402
+from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
 
@@ -68,6 +69,10 @@ def main(argv: list[str]) -> int:
     config = config_lib.get_config(preset, **overrides)
     if config.export_precision not in export.PRECISIONS:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
+    try:
+        trainer_lib.check_label_smoothing(config.label_smoothing)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     workdir = FLAGS.workdir or os.path.join("runs", preset)
     for path, flag in ((workdir, "--workdir"), (config.data_dir, "--data_dir")):
         if path:

@@ -44,6 +44,9 @@ class Config:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0005  # inside the momentum, as in the paper's update rule
+    # Not in the paper (off there): the training targets' share spread evenly over all classes,
+    # 1 - s + s/K on the true class and s/K elsewhere. The validation loss stays plain cross-entropy.
+    label_smoothing: float = 0.0
     lr_schedule: str = "plateau"  # "plateau" or "step:30,60,80" (epochs at which lr /= 10)
     plateau_patience: int = 5  # epochs without a better validation top-1 error
     max_lr_reductions: int = 3

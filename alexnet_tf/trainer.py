@@ -42,6 +42,24 @@ class LoopFigures(NamedTuple):
     images: float
 
 
+def check_label_smoothing(label_smoothing: float) -> None:
+    """Raises ``ValueError`` unless 0 <= ``label_smoothing`` < 1."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"--label_smoothing={label_smoothing}: must be at least 0 and below 1")
+
+
+def training_loss(labels: tf.Tensor, probabilities: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Per-example cross-entropy against the labels, smoothed when ``label_smoothing`` > 0.
+
+    The paper's loss is the plain one (0). Smoothed, the target of each example puts
+    ``1 - s + s / K`` on its label and ``s / K`` on each of the other K - 1 classes.
+    """
+    if label_smoothing == 0.0:
+        return keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(probabilities)[-1], dtype=probabilities.dtype)
+    return keras.losses.categorical_crossentropy(targets, probabilities, label_smoothing=label_smoothing)
+
+
 # --------------------------------------------------------------------------------------------
 # The trainer
 
@@ -71,6 +89,7 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
+        check_label_smoothing(config.label_smoothing)
         previous_policy = keras.mixed_precision.global_policy().name
         _set_precision(config.precision)
         try:
@@ -113,11 +132,12 @@ class Trainer:
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         global_batch = self.global_batch
         top_k = min(TOP_K, self.config.num_classes)
+        smoothing = self.config.label_smoothing
 
         def forward_backward(images, labels):
             with tf.GradientTape() as tape:
                 probabilities = model(images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+                per_example = training_loss(labels, probabilities, smoothing)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 target = optimizer.scale_loss(loss) if scaled else loss
             return loss, tape.gradient(target, model.trainable_variables), probabilities

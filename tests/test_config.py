@@ -29,6 +29,7 @@ PAPER_RECIPE = {
     "epochs": 90,  # section 5: "roughly 90 cycles"
     "learning_rate": 0.01,  # section 5
     "momentum": 0.9,  # section 5
+    "label_smoothing": 0.0,  # section 3.5: the multinomial logistic regression objective, plain
     "weight_decay": 0.0005,  # section 5
     "lr_schedule": "plateau",  # section 5: divide by 10 when the validation error stops improving
     "max_lr_reductions": 3,  # section 5: "reduced three times prior to termination"

@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, SHAPES  # noqa: E402
 
 from alexnet_tf import data, distribute, records, synthetic_data, training  # noqa: E402
+from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -155,8 +156,41 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             assert np.all(np.isfinite(tf.train.load_variable(good, name))), name
 
 
-def test_the_loop_learns(tmp_path):
-    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe")
+def _smoothed_targets_entropy(smoothing, num_classes):
+    """The least cross-entropy against smoothed targets: their own entropy."""
+    top, rest = 1.0 - smoothing + smoothing / num_classes, smoothing / num_classes
+    return -(top * np.log(top) + (num_classes - 1) * rest * np.log(rest))
+
+
+def test_the_smoothed_loss_is_the_cross_entropy_against_smoothed_targets():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(7), size=5).astype(np.float32)
+    labels = rng.integers(0, 7, 5)
+    for smoothing in (0.0, 0.1, 0.6):
+        targets = np.full((5, 7), smoothing / 7)
+        targets[np.arange(5), labels] += 1.0 - smoothing
+        expected = -(targets * np.log(probabilities)).sum(axis=1)
+        got = trainer_lib.training_loss(tf.constant(labels), tf.constant(probabilities), smoothing)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_a_label_smoothing_outside_0_to_1_is_refused(smoothing):
+    with pytest.raises(ValueError, match="--label_smoothing"):
+        training.Trainer(_tiny(label_smoothing=smoothing))
+
+
+def test_the_command_line_refuses_a_wrong_label_smoothing_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--label_smoothing=1.5"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "--label_smoothing=1.5: must be at least 0 and below 1" in result.stderr
+    assert not os.listdir(tmp_path)  # nothing drawn, converted or trained
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_the_loop_learns(tmp_path, smoothing):
+    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe",
+                   label_smoothing=smoothing)
     steps, losses = [], []
 
     def record(step, figures):
@@ -167,7 +201,14 @@ def test_the_loop_learns(tmp_path):
                              step_callback=record)
     assert steps[-1] == 20 * NUM_IMAGES // 8  # one call per loop of steps
     tenth = max(len(losses) // 10, 1)
-    assert np.mean(losses[-tenth:]) < 0.5 * np.mean(losses[:tenth])
+    # The training loss is against smoothed targets when asked: it stays above their entropy,
+    # where the plain loss goes below it.
+    floor = _smoothed_targets_entropy(0.5, config.num_classes)
+    if smoothing:
+        assert min(losses) > floor
+    else:
+        assert np.mean(losses[-tenth:]) < 0.5 * np.mean(losses[:tenth])
+        assert np.mean(losses[-tenth:]) < floor
     assert summary["val_top1_error"] < 0.5, summary
 
 
