@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
     try:
         trainer_lib.check_label_smoothing(config.label_smoothing)
+        training.check_settings(config)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     workdir = FLAGS.workdir or os.path.join("runs", preset)

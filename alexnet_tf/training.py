@@ -61,6 +61,13 @@ def _sigterm_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_settings(config: Config) -> None:
+    """Raises ValueError for settings that cannot run together (``train.py`` asks before any work)."""
+    if config.deterministic and config.jit_compile:
+        raise ValueError("--deterministic and --jit_compile (on in the imagenette preset): XLA has no "
+                         "deterministic max-pool gradient; choose one (--nojit_compile for a deterministic run)")
+
+
 def train(
     config: Config,
     workdir: str,
@@ -94,9 +101,7 @@ def train(
     Raises:
       NonFiniteLossError: when the loss becomes NaN or infinite; the last checkpoint is kept.
     """
-    if config.deterministic and config.jit_compile:
-        raise ValueError("--deterministic and --jit_compile: XLA has no deterministic max-pool gradient; "
-                         "choose one")
+    check_settings(config)
     # Before anything is read or built: an s3:// path without tensorflow-io fails here, naming it.
     paths.check_supported(workdir, "--workdir")
     if config.data_dir:

@@ -245,6 +245,16 @@ def test_precision_and_xla_options_train(tmp_path, overrides):
 def test_deterministic_xla_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--jit_compile"):
         training.train(_tiny(jit_compile=True), str(tmp_path), synthetic=True, verbose=False)
+    training.check_settings(_tiny(jit_compile=False))
+    training.check_settings(get_config("imagenette", deterministic=True, jit_compile=False))
+
+
+def test_the_command_line_refuses_a_deterministic_imagenette_run_with_xla_before_any_work(tmp_path):
+    # The imagenette preset turns XLA on; --deterministic alone must stop before the download.
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset=imagenette", "--deterministic"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "--nojit_compile for a deterministic run" in result.stderr
+    assert not os.listdir(tmp_path)  # nothing downloaded, converted or trained
 
 
 def test_built_in_data_end_to_end(tmp_path):
