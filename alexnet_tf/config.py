@@ -27,6 +27,7 @@ class Config:
     lrn: bool = True  # LRN after conv1 and conv2 (section 3.3); off: no LRN layers
     overlapping_pooling: bool = True  # 3x3/2 pooling (section 3.4); off: 2x2/2, the same sizes
     conv_width: float = 1.0  # multiplies the convolutions' channels only; 0.5 with towers=1 is 3.2's one-GPU net
+    batch_norm: bool = False  # not in the paper (off there): batch normalisation before each conv's ReLU
 
     # Data (sections 2 and 4).
     data_dir: str = ""  # the converter's output: shards, manifest and statistics

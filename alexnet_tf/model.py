@@ -51,6 +51,7 @@ def build_alexnet(
     lrn: bool = True,
     overlapping_pooling: bool = True,
     conv_width: float = 1.0,
+    batch_norm: bool = False,
     seed: int | None = None,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -88,6 +89,10 @@ def build_alexnet(
       conv_width: multiplies the channels of the convolutions only, on top of ``width``. The
         paper's one-GPU comparison (section 3.2: +1.7 / +1.2 points of error) is ``towers=1,
         conv_width=0.5``: one tower with half the kernels of each convolutional layer.
+      batch_norm: not in the paper (off there): batch normalisation (Ioffe and Szegedy, 2015)
+        after each convolution, before its ReLU; the convolutions then have no biases, and
+        ``bias_init`` applies to fc6 and fc7 only. Each replica normalises by its own share of
+        the batch.
       seed: makes the initial weights reproducible.
       name: the model's name.
 
@@ -136,9 +141,13 @@ def build_alexnet(
         padding = "valid" if kernel == 11 else "same"
         layer = TowerConv2D(
             channels(filters), kernel, towers=split, strides=stride, padding=padding,
-            activation="relu", **initializers(layer_name),
+            activation=None if batch_norm else "relu", use_bias=not batch_norm, **initializers(layer_name),
         )
-        return layer(x)
+        x = layer(x)
+        if not batch_norm:
+            return x
+        x = keras.layers.BatchNormalization(name=f"{layer_name}_bn")(x)
+        return keras.layers.ReLU(name=f"{layer_name}_relu")(x)
 
     def pool(x, layer_name):
         window = POOL_SIZE if overlapping_pooling else ADJACENT_POOL_SIZE
@@ -185,5 +194,6 @@ def build_from_config(config, seed: int | None = None) -> keras.Model:
         lrn=config.lrn,
         overlapping_pooling=config.overlapping_pooling,
         conv_width=config.conv_width,
+        batch_norm=config.batch_norm,
         seed=seed,
     )
