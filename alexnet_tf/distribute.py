@@ -82,6 +82,23 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     return f"{replicas} replica{'s' if replicas != 1 else ''} ({where})"
 
 
+def mean_over_replicas(variables: list[tf.Variable]) -> None:
+    """Sets each replica's copy of ``variables`` to their mean over replicas (in replica context).
+
+    Batch normalisation's moving statistics (``--batch_norm``) are assigned on each replica from
+    its own share of the batch. A mirrored variable without an aggregation then keeps a different
+    copy on every replica: the checkpoint and the export take the first replica's, and each
+    replica validates with its own. Averaging after every step keeps the copies equal, at the
+    mean of what each replica measured.
+    """
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync == 1:
+        return
+    means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in variables])
+    for variable, mean in zip(variables, means, strict=True):
+        variable.assign(mean)
+
+
 def overflow_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
     """Makes every replica's gradients non-finite when any replica's are (in replica context).
 

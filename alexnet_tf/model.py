@@ -92,7 +92,7 @@ def build_alexnet(
       batch_norm: not in the paper (off there): batch normalisation (Ioffe and Szegedy, 2015)
         after each convolution, before its ReLU; the convolutions then have no biases, and
         ``bias_init`` applies to fc6 and fc7 only. Each replica normalises by its own share of
-        the batch.
+        the batch; the trainer keeps the moving statistics equal across replicas.
       seed: makes the initial weights reproducible.
       name: the model's name.
 

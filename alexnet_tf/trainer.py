@@ -133,6 +133,8 @@ class Trainer:
         global_batch = self.global_batch
         top_k = min(TOP_K, self.config.num_classes)
         smoothing = self.config.label_smoothing
+        # Moving statistics of --batch_norm, assigned by each replica in its forward pass.
+        moving = [v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))]
 
         def forward_backward(images, labels):
             with tf.GradientTape() as tape:
@@ -159,6 +161,8 @@ class Trainer:
                 gradients = distribute.overflow_on_every_replica(gradients)
             # Keras sums the gradients over replicas before applying them.
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+            if moving:
+                distribute.mean_over_replicas(moving)
             return (loss, *evaluation.correct_counts(labels, probabilities, top_k), 1.0 - finite)
 
         # Traced inside the loop below (and the benchmark's in-graph loop), not compiled alone.

@@ -21,6 +21,7 @@ PAPER_RECIPE = {
     "lrn": True,  # section 3.3: LRN after conv1 and conv2
     "overlapping_pooling": True,  # section 3.4: z = 3, s = 2
     "conv_width": 1.0,  # section 3.5: 96, 256, 384, 384, 256 kernels
+    "batch_norm": False,  # not in the paper (2012 predates it): no normalisation but LRN
     "image_size": 256,  # section 2
     "mean_subtraction": "image",  # section 2: the mean activity over the training set, per pixel
     "pca_std": 0.1,  # section 4.1

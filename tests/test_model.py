@@ -327,3 +327,26 @@ def test_ablation_switches_reach_the_model_from_the_config():
     assert half.get_layer("conv4").towers == 1
     assert half.get_layer("fc6").output.shape[-1] == 512  # the fc layers keep the width
     assert build_from_config(tiny.replace(dropout=0.0)).get_layer("dropout6").rate == 0.0
+
+
+def test_batch_norm_sits_between_each_convolution_and_its_relu():
+    """--batch_norm (not the paper's, off in every preset): conv without bias, BN, ReLU."""
+    tiny = get_config("tiny")
+    assert not get_config("paper").batch_norm and not tiny.batch_norm
+    plain, normalised = build_from_config(tiny, seed=0), build_from_config(tiny.replace(batch_norm=True), seed=0)
+    chain = _chain(normalised)
+    convolutions = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    for name in convolutions:
+        conv = normalised.get_layer(name)
+        assert conv.bias is None and conv.activation.__name__ == "linear", name
+        assert chain[chain.index(name) + 1: chain.index(name) + 3] == [f"{name}_bn", f"{name}_relu"], name
+    assert [n for n in chain if not n.endswith(("_bn", "_relu"))] == _chain(plain)
+    # The conv biases go; each BN layer adds a scale, an offset and two moving statistics.
+    channels = sum(plain.get_layer(name).output.shape[-1] for name in convolutions)
+    assert normalised.count_params() == plain.count_params() - channels + 4 * channels
+    # Training mode: each channel of conv1's normalised output has mean 0 and variance 1 over the batch.
+    images = np.random.default_rng(0).normal(0, 50, (8, 67, 67, 3)).astype(np.float32)
+    probe = keras.Model(normalised.input, normalised.get_layer("conv1_bn").output)
+    out = probe(images, training=True).numpy()
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.var(axis=(0, 1, 2)), 1.0, atol=0.02)

@@ -179,6 +179,24 @@ def test_dropout_masks_are_independent_across_replicas(tmp_path, devices):
     assert figures["equals_one_device"]
 
 
+@pytest.mark.parametrize("devices", [2, 3])
+def test_batch_norm_statistics_agree_across_replicas(tmp_path, devices):
+    """--batch_norm (not the paper's): each replica normalises by its share of the batch (3 or 2
+    images), and every replica's copy of the moving statistics is their mean after each step."""
+    out = tmp_path / "batch_norm.json"
+    _run_script("batch_norm", devices, out)
+    figures = json.loads(out.read_text())
+    assert figures["replicas"] == devices
+    # mixed_float16 and dropout, two steps: the copies are equal and have moved from their start.
+    assert figures["copies_differ"] == [], figures
+    assert figures["moved"] and figures["finite"], figures
+    # Without dropout, one step on N replicas is the mean of N one-device steps on the shares
+    # (the moving statistics, and the weights: the gradients are averaged)...
+    assert figures["max_difference_from_shares"] < 1e-4, figures
+    # ...not the first share's step alone, as the copies were left before.
+    assert figures["max_difference_from_first_share"] > 1e-3, figures
+
+
 # Imagenette's 224x224 photographs converted with the paper's --resize=256: every training crop
 # is decoded alone (decode_and_crop_jpeg), no resize.
 IMAGENETTE_256 = RealSet(train_per_class=2, val_per_class=1, resize=256)
@@ -318,6 +336,45 @@ def _dropout(devices, out):
     }))
 
 
+def _batch_norm_step(strategy, config, images, labels, steps=1):
+    """Every replica's copy of the model's variables, by name, after ``steps`` training steps."""
+    trainer = training.Trainer(config, strategy)
+    trainer.set_learning_rate(config.learning_rate)
+    iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)).repeat()))
+    for _ in range(steps):
+        trainer.train_step(iterator)
+    weights = trainer.model.weights
+    copies = strategy.run(lambda: [tf.identity(w.value) for w in weights])
+    return {w.path: [np.array(c, np.float32) for c in strategy.experimental_local_results(copy)]
+            for w, copy in zip(weights, copies, strict=True)}
+
+
+def _batch_norm(devices, out):
+    names = _logical_devices(devices)
+    mirrored = tf.distribute.MirroredStrategy(names)
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    share = 6 // len(names)
+    config = _tiny(batch_norm=True, dropout=0.0, batch_size=6, learning_rate=0.05, precision="mixed_float16")
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 50, (6, config.input_size, config.input_size, 3)).astype(np.float32)
+    labels = rng.integers(0, config.num_classes, 6).astype(np.int32)
+    initial = _batch_norm_step(one, config, images, labels, steps=0)
+    with_dropout = _batch_norm_step(mirrored, config.replace(dropout=0.5), images, labels, steps=2)
+    stats = [k for k in initial if k.endswith(("moving_mean", "moving_variance"))]
+    step = {k: v[0] for k, v in _batch_norm_step(mirrored, config, images, labels).items()}
+    shares = [_batch_norm_step(one, config.replace(batch_size=share), images[i:i + share], labels[i:i + share])
+              for i in range(0, 6, share)]
+    mean_of_shares = {k: np.mean([s[k][0] for s in shares], axis=0) for k in step}
+    pathlib.Path(out).write_text(json.dumps({
+        "replicas": len(names),
+        "copies_differ": [k for k in stats if any(not np.array_equal(c, with_dropout[k][0]) for c in with_dropout[k])],
+        "moved": all(not np.array_equal(with_dropout[k][0], initial[k][0]) for k in stats),
+        "finite": all(bool(np.isfinite(c).all()) for v in with_dropout.values() for c in v),
+        "max_difference_from_shares": max(float(np.abs(step[k] - mean_of_shares[k]).max()) for k in step),
+        "max_difference_from_first_share": max(float(np.abs(step[k] - shares[0][k][0]).max()) for k in stats),
+    }))
+
+
 def _evaluate(devices, out, data_dir):
     """Evaluation and validation on N replicas for batch sizes that leave replicas empty."""
     from alexnet_tf.model import build_from_config
@@ -436,5 +493,6 @@ def _finish(devices, out, sets):
 
 
 if __name__ == "__main__":
-    modes = {"scaling": _scaling, "dropout": _dropout, "evaluate": _evaluate, "finish": _finish}
+    modes = {"scaling": _scaling, "dropout": _dropout, "evaluate": _evaluate, "finish": _finish,
+             "batch_norm": _batch_norm}
     modes[sys.argv[1]](*sys.argv[2:])
