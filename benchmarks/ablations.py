@@ -93,7 +93,8 @@ flags.DEFINE_string("imagenette_dir", os.path.join(ROOT, "..", "shared", "data",
 flags.DEFINE_list("seeds", ["0", "1", "2"], "baseline seeds; the ablations use the first")
 flags.DEFINE_list("only", [], f"runs to do, from {[BASELINE] + [a.name for a in ABLATIONS]}; default all")
 # The paper's ablations are of the paper's network: the preset without batch normalisation (not in
-# the paper; with it LRN is close to a constant scaling), at the rate that network trains with.
+# the paper; behind it LRN's inputs are of order 1 and its divisor close to the constant 2^0.75, at
+# least at the start), at the rate that network trains with.
 flags.DEFINE_list("train_flags", ["--batch_norm=false", "--learning_rate=0.003"],
                   "train.py flags added to every run, baseline and ablations; empty: the preset itself")
 flags.DEFINE_integer("epochs", 0, "epochs per run; 0 keeps the preset's")
