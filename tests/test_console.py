@@ -83,8 +83,10 @@ step(x).numpy()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     step(x).numpy()
+from tensorflow.python.util import _pywrap_util_port
 print(json.dumps({"variable": os.environ.get(console.CPU_ALLOCATOR_VARIABLE),
-                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
+                  "onednn": _pywrap_util_port.IsMklEnabled()}))
 """
 
 
@@ -92,13 +94,16 @@ def _faults(user_value: str | None) -> dict:
     return _run_probe(FAULTS_PROBE, console.CPU_ALLOCATOR_VARIABLE, user_value)
 
 
-def test_the_bfc_allocator_reuses_memory_and_the_users_choice_is_kept():
-    reused, fresh = _faults(None), _faults("false")
-    assert reused["variable"] == "true" and fresh["variable"] == "false"
-    # The default allocator faults in fresh pages for the temporaries at every call (measured: about
-    # 3,000 per call, a 16 MB tensor is 4,096 pages); the BFC allocator hands back the same memory.
-    assert fresh["faults"] > 20 * 1024, fresh
-    assert reused["faults"] < fresh["faults"] / 10, (reused, fresh)
+def test_memory_is_reused_from_call_to_call_and_the_users_choice_is_kept():
+    reused, chosen = _faults(None), _faults("false")
+    assert reused["variable"] == "true" and chosen["variable"] == "false"
+    # 20 calls whose temporaries are 16 MB each (4,096 pages): memory handed back to the kernel
+    # is faulted in again at every call, memory kept for the next call is not.
+    assert reused["faults"] < 2 * 1024, reused
+    if not chosen["onednn"]:
+        # TensorFlow's own CPU allocator is plain malloc: the probe sees the difference. (With
+        # oneDNN on, TensorFlow puts its own caching allocator first, and both settings reuse.)
+        assert chosen["faults"] > 20 * 1024, chosen
 
 
 def test_training_and_evaluation_choose_the_allocator_before_importing_tensorflow():
@@ -144,3 +149,89 @@ def test_the_padded_heap_keeps_its_pages_and_the_users_choice_is_kept():
     # cycle. Padded, the pages stay.
     assert plain["faults"] > 10 * 8192, plain
     assert padded["faults"] < plain["faults"] / 20, (padded, plain)
+
+
+# Lines TensorFlow 2.21 printed before absl's logging was initialised, as seen on a CPU with
+# AVX-512 (oneDNN on): no TF_CPP_MIN_LOG_LEVEL reaches them.
+STARTUP_LINES = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796525679.612435    5294 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. "
+    "To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1796525679.612843    5294 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+    "GPU will not be used.",
+    "E0000 00:00:1796525683.301039    5294 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+    "Failed call to cuInit: UNKNOWN ERROR (303)",
+    "I0000 00:00:1796525656.700327    4084 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the "
+    "appropriate compiler flags.",
+]
+REAL_LINES = [
+    "E0000 00:00:1796525683.301039    5294 op_kernel.cc:1840] OP_REQUIRES failed at conv_ops.cc:100 : "
+    "INVALID_ARGUMENT: input must be 4-dimensional",
+    "W0000 00:00:1796525683.301039    5294 port.cc:999",  # not of the start-up form: kept
+    "F0000 00:00:1796525683.301039    5294 cuda_platform.cc:52] Check failed: device",
+    "I1206 02:55:15.839194 139961130273664 training.py:178] Epoch 1/2: validation loss 0.6126",
+    "Traceback (most recent call last):",
+    "E0000 00:00:1796525683.301039    5294 cuda_platform.cc:52] failed call to cuDeviceGet: out of memory",
+]
+
+
+def test_the_startup_pattern_takes_the_startup_lines_and_nothing_else():
+    for line in STARTUP_LINES:
+        assert console.STARTUP_LINE.match(line.encode()), line
+    for line in REAL_LINES:
+        assert not console.STARTUP_LINE.match(line.encode()), line
+
+
+FILTER_PROBE = """
+import os, sys
+from alexnet_tf import console
+console.quiet_tensorflow()
+lines = {lines!r}
+os.write(2, "".join(line + "\\n" for line in lines).encode())  # as C++ code writes them
+sys.stderr.write("python's own stderr\\n")
+os.write(2, b"a partial line")
+{ending}
+"""
+
+
+def _filtered(ending: str, level: str | None = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != console.LOG_LEVEL_VARIABLE}
+    if level is not None:
+        env[console.LOG_LEVEL_VARIABLE] = level
+    env["PYTHONPATH"] = str(ROOT)
+    script = FILTER_PROBE.format(lines=[*STARTUP_LINES, *REAL_LINES], ending=ending)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("ending", ["import tensorflow", "os.abort()"], ids=["exit", "abort"])
+def test_the_filter_drops_startup_lines_keeps_the_rest_and_loses_nothing_when_the_process_dies(ending):
+    result = _filtered(ending)
+    assert (result.returncode == 0) == (ending != "os.abort()"), result.stderr
+    shown = result.stderr.splitlines()
+    for line in STARTUP_LINES:
+        assert line not in shown
+    for line in REAL_LINES:  # in order, even after an abort
+        assert line in shown
+    assert [shown.index(line) for line in REAL_LINES] == sorted(shown.index(line) for line in REAL_LINES)
+    assert "python's own stderr" in shown and "a partial line" in result.stderr
+    # TensorFlow's own start-up lines (with oneDNN on, or a CPU without CUDA drivers) are gone too.
+    assert "absl::InitializeLog" not in result.stderr and "oneDNN custom operations" not in result.stderr
+
+
+def test_a_user_who_sets_the_level_sees_every_line():
+    result = _filtered("import tensorflow", level="0")
+    for line in STARTUP_LINES + REAL_LINES:
+        assert line in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize(("argv", "asked"), [
+    (["train.py"], False), (["train.py", "--verbosity=1"], True), (["train.py", "-v", "2"], True),
+    (["train.py", "--verbosity=0"], False), (["train.py", "--epochs=1", "-v=-1"], False),
+])
+def test_verbosity_on_the_command_line_asks_for_logs(monkeypatch, argv, asked):
+    monkeypatch.delenv(console.LOG_LEVEL_VARIABLE, raising=False)
+    assert console.user_asked_for_logs(argv) == asked
