@@ -56,10 +56,8 @@ class Config:
     steps_per_epoch: int = 0  # 0: one pass over the training records
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
     # Training steps per call to the device (one tf.function): the host (progress bar, TensorBoard,
-    # SIGTERM, NaN check, checkpoints) sees the run once per loop. benchmarks/training.py --parts=loop
-    # (a model of a few ms per step, loaded 2-core machine), images/s against an in-graph while_loop:
-    # 0.61 at 1, 0.87 at 5, 0.88 at 10, 1.04 at 20 (1 within noise); 20 is the smallest tried that
-    # reaches 0.9. A paper-network step on a CPU takes seconds, where N costs nothing.
+    # SIGTERM, NaN check, checkpoints) sees the run once per loop. 20 is the smallest value tried that
+    # met benchmarks/training.py --parts=loop's goal (docs/benchmarks.md, "Loops of steps").
     steps_per_loop: int = 20
     profile_steps: str = ""  # "a,b": a TensorBoard profile of global steps a to b (logs/profile)
 
@@ -99,10 +97,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # before conv1 ("he") and a fixed step schedule (the plateau rule cut the rate too early on a
     # noisy 500-image validation set): 25 epochs of batch 32, the rate divided by 10 after 22 and
     # 24. Batch normalisation (not in the paper) together with the paper's rate of 0.01 (either
-    # alone gained nothing); without them (--batch_norm=false --learning_rate=0.003, the network
-    # the paper's ablations are measured on) 77.5% top-1 with the centre crop over six runs.
-    # XLA keeps the run inside 20 minutes on 2 cores; it refuses --deterministic. The README
-    # gives this preset's seeds and minutes.
+    # alone gained nothing); without them (--batch_norm=false --learning_rate=0.003) it is the
+    # paper's network, on which the ablations are measured. XLA keeps the run inside the 20-minute
+    # budget on 2 cores; it refuses --deterministic. Runs, seeds and minutes: docs/results-imagenette.md.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
         batch_size=32, learning_rate=0.01, dropout=0.5, lr_schedule="step:22,24", batch_norm=True,

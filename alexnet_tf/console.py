@@ -199,18 +199,15 @@ def reuse_cpu_memory() -> None:
     importing TensorFlow.
 
     The default CPU allocator takes every tensor from malloc, and the large ones (a batch, a
-    layer's activations) come back as fresh pages the kernel faults in and zeroes at every step:
-    measured with the Imagenette preset, 40 % of the training process's CPU time was spent in the
-    kernel. The BFC allocator keeps freed memory for the next step (``benchmarks/allocator.py``
-    measures both). A value the user set is kept.
+    layer's activations) come back as fresh pages the kernel faults in and zeroes at every step.
+    The BFC allocator keeps freed memory for the next step (``benchmarks/allocator.py`` measures
+    both; figures in docs/benchmarks.md, "Memory on the host"). A value the user set is kept.
 
     The memory TensorFlow takes from malloc outside that allocator (kernels' scratch buffers) has
     the same problem one level down: glibc gives the top of its heap back to the kernel whenever
-    it is free, and takes it back, faulted in and zeroed, a moment later. With the BFC allocator
-    the Imagenette preset still spent 18 % of its CPU time in the kernel, at about 29,000 page
-    faults per step; with 256 MiB kept at the top of the heap (glibc's ``M_TOP_PAD``), 1,100
-    faults per step and 2-4 % (``benchmarks/allocator.py``). A ``MALLOC_TOP_PAD_`` the user set
-    is kept (glibc has read it).
+    it is free, and takes it back, faulted in and zeroed, a moment later; keeping 256 MiB at the
+    top of the heap (glibc's ``M_TOP_PAD``) stops that (``benchmarks/allocator.py``; figures in
+    docs/benchmarks.md). A ``MALLOC_TOP_PAD_`` the user set is kept (glibc has read it).
     """
     os.environ.setdefault(CPU_ALLOCATOR_VARIABLE, "true")
     pad_the_heap()

@@ -77,7 +77,7 @@ class TowerConv2D(keras.layers.Conv2D):
     ``(kh, kw, in_channels // towers, filters)`` and the same parameter count, but as
     ``towers`` ordinary convolutions on the channel slices, concatenated. Keras 3 runs grouped
     convolutions through an XLA must-compile function on TensorFlow, which TensorFlow Serving
-    builds without XLA cannot load and which was about 3x slower on CPU.
+    builds without XLA cannot load and which was slower on CPU (docs/benchmarks.md).
 
     Args:
       filters: output channels in all (divisible by ``towers``).

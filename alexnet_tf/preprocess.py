@@ -49,7 +49,7 @@ from alexnet_tf.config import Config
 from alexnet_tf.statistics import DatasetStatistics
 
 # Shrinking (most images) averages the source pixels each output pixel covers: no aliasing from
-# 2400-pixel originals, and about 3x cheaper in TensorFlow than antialiased bilinear. Enlarging
+# 2400-pixel originals, and cheaper in TensorFlow than antialiased bilinear (docs/benchmarks.md). Enlarging
 # (68-pixel thumbnails) interpolates bilinearly, where area would repeat pixels.
 SHRINK_METHOD = tf.image.ResizeMethod.AREA
 ENLARGE_METHOD = tf.image.ResizeMethod.BILINEAR

@@ -244,8 +244,8 @@ class Trainer:
         from one endless pipeline, each taking its ``steps_per_epoch`` batches. Deleting a tf.data
         iterator waits for its autotuning thread to wake (TensorFlow 2.21: the thread's sleep grows
         to a minute and deleting does not cut it short): with a pipeline per epoch the Imagenette
-        preset stood still for 0-25 s at the start of about half its epochs
-        (``benchmarks/training.py --parts=epochs``).
+        preset stood still at the start of many epochs (``benchmarks/training.py --parts=epochs``;
+        figures in docs/benchmarks.md, "One input pipeline per run").
         """
         if self.config.deterministic:
             return self.distribute(inputs, epoch)

@@ -17,8 +17,8 @@ Also prints the network's multiply-adds per image (counted from the layers' shap
 images/s and FLOP/s a 90-epoch ImageNet run needs to finish in one day.
 
 ``--parts=loop``: what the host's round trips cost when a step is as short as on a GPU. A
-scaled-down AlexNet built by the same code (``--loop_*`` flags, sized for about 2 ms a step on a
-quiet 2-core machine; it prints the step time it measured) trains
+scaled-down AlexNet built by the same code (``--loop_*`` flags, sized for a step of milliseconds
+on a quiet 2-core machine; it prints the step time it measured, docs/benchmarks.md gives it) trains
 on an in-memory batch, so the input pipeline is not the limit, two ways:
 
 * ``in_graph``: the Trainer's own train step in one ``tf.while_loop`` over all timed steps: one
@@ -32,7 +32,7 @@ on an in-memory batch, so the input pipeline is not the limit, two ways:
 
 ``--parts=epochs``: what a new input pipeline per epoch costs. ``training.train`` runs the
 ``imagenette`` preset's network on synthetic batches for ``--epochs_epochs`` epochs of
-``--epochs_steps`` steps (about 20 s each on 2 cores), alternately as it does (one pipeline for
+``--epochs_steps`` steps, alternately as it does (one pipeline for
 the run: ``Trainer.epoch_iterator``) and with a new pipeline every epoch, as with
 ``--deterministic``. Deleting a tf.data iterator waits until its autotuning thread wakes, and
 that thread sleeps longer and longer (up to a minute) as the iterator ages. Printed: each epoch's
