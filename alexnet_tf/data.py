@@ -4,9 +4,10 @@ and the sources a run reads.
 ``make_dataset`` turns the converter's TFRecord shards into batches of uint8 crops (with the few
 values per image the device needs to finish them: ``preprocess.DeviceFinish``) and 0-based int32
 labels; ``alexnet_tf.preprocess`` holds the image functions it maps. ``Inputs`` is
-what the trainer reads: a fresh training pipeline per epoch, seeded by (seed, epoch) so every epoch
-reads the records in a new order, and a validation pipeline; from the converter's shards
-(``record_inputs``), arrays (``array_inputs``) or random tensors (``synthetic_inputs``).
+what the trainer reads: training pipelines whose file orders and draws are new at every epoch
+(seeded by (seed, epoch) in deterministic mode, afresh in every process otherwise), and a
+validation pipeline; from the converter's shards (``record_inputs``), arrays (``array_inputs``)
+or random tensors (``synthetic_inputs``).
 """
 
 from __future__ import annotations
@@ -99,12 +100,35 @@ def check_labels(data_dir: str, split: str, config: Config) -> None:
                 )
 
 
-def _seed(config: Config, pipeline_id: int, purpose: str) -> int | None:
-    """A well-mixed seed per run seed, worker and purpose in deterministic mode, else None (random)."""
-    if not config.deterministic:
-        return None
-    sequence = np.random.SeedSequence([config.seed, pipeline_id, _SEED_PURPOSES[purpose]])
-    return int(sequence.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+def _seed(config: Config, pipeline_id: int, purpose: str) -> int:
+    """A well-mixed seed per run seed, worker and purpose in deterministic mode, else a fresh one.
+
+    Outside deterministic mode the seed comes from the operating system's entropy, never from
+    TensorFlow's global seed: the trainer sets that to ``config.seed`` in every process, so a
+    restarted run would read its epochs with the file orders and draws of the first run's first
+    epochs.
+    """
+    entropy = [config.seed, pipeline_id, _SEED_PURPOSES[purpose]] if config.deterministic else None
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def shuffle_files(files: tf.data.Dataset, count: int, config: Config, pipeline_id: int) -> tf.data.Dataset:
+    """``files`` (``count`` of them) in a new order at every pass over them (``_seed``'s)."""
+    return files.shuffle(count, seed=_seed(config, pipeline_id, "files"), reshuffle_each_iteration=True)
+
+
+def augmentation_draws(config: Config, stats: DatasetStatistics, pipeline_id: int) -> tf.data.Dataset:
+    """An endless stream of training views' random draws (crop, flip, colour noise), one per record.
+
+    They are drawn in blocks, a few ops per ``DRAW_BLOCK`` records rather than per record, from a
+    stream of block seeds (``_seed``'s) rerandomised at each pass.
+    """
+    block_seeds = tf.data.Dataset.random(seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True)
+    return block_seeds.map(
+        lambda seed: preprocess.training_draws(
+            config, stats, tf.stack([seed, tf.constant(pipeline_id, tf.int64)]), DRAW_BLOCK
+        )
+    ).unbatch()
 
 
 def _shard_files(pattern: str) -> list[str]:
@@ -219,9 +243,7 @@ def make_dataset(
     # Shuffle file names (cheap) so each epoch visits the shards in a new order; record sharding
     # needs the same order on every worker, and evaluation keeps file order.
     if training and not shard_records:
-        dataset = dataset.shuffle(
-            len(files), seed=_seed(config, pipeline_id, "files"), reshuffle_each_iteration=True
-        )
+        dataset = shuffle_files(dataset, len(files), config, pipeline_id)
     # Repeat the file list rather than the records: no refill of the shuffle buffer at each
     # epoch boundary, and each pass gets a fresh file order.
     if repeat and not shard_records:
@@ -244,18 +266,9 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=_seed(config, pipeline_id, "records"))
     # Each record's crop, flip and colour noise, paired with it after shuffling so augmentation
-    # does not depend on how many parallel calls the map runs. They are drawn in blocks, a few
-    # ops per DRAW_BLOCK records rather than per record, from a seed stream rerandomised each pass.
+    # does not depend on how many parallel calls the map runs.
     if training:
-        block_seeds = tf.data.Dataset.random(
-            seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True
-        )
-        draws = block_seeds.map(
-            lambda seed: preprocess.training_draws(
-                config, stats, tf.stack([seed, tf.constant(pipeline_id, tf.int64)]), DRAW_BLOCK
-            )
-        ).unbatch()
-        dataset = tf.data.Dataset.zip(dataset, draws)
+        dataset = tf.data.Dataset.zip(dataset, augmentation_draws(config, stats, pipeline_id))
     # Resuming mid-epoch: skip what was trained on before parsing and decoding, after the
     # shuffle and the seeds, so the remaining records and their augmentation are unchanged.
     if skip_records:
@@ -452,7 +465,8 @@ def array_inputs(
         num_pipelines = input_context.num_input_pipelines
         dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
         dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
-        seed = epoch_seed(config, epoch) if config.deterministic else None
+        # Outside deterministic mode a fresh seed: a restarted run must not replay the first epochs.
+        seed = epoch_seed(config, epoch) if config.deterministic else _seed(config, 0, "records")
         dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
         dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
         return dataset.skip(skip_batches)  # arrays: nothing to decode

@@ -223,10 +223,13 @@ class Trainer:
     def distribute(self, inputs: Inputs, epoch: int) -> Iterator:
         """An iterator over this epoch's distributed training batches, from step ``step_in_epoch`` on.
 
-        A checkpoint taken mid-epoch resumes after the batches already trained on; the input
-        pipelines pass over their records without decoding them.
+        With ``--deterministic``, a checkpoint taken mid-epoch resumes after the batches already
+        trained on (the input pipelines pass over their records without decoding them), so the
+        resumed run sees the batches an uninterrupted one saw. Otherwise the pipeline's orders and
+        draws are new in every process (``data._seed``): the rest of the epoch is a fresh draw and
+        nothing is skipped.
         """
-        done = int(self.step_in_epoch.numpy())
+        done = int(self.step_in_epoch.numpy()) if self.config.deterministic else 0
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             # Each step takes one batch per replica from its worker's pipeline.

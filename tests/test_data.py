@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -269,3 +271,51 @@ def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, con
     (tmp_path / records.MANIFEST_FILE).write_text("not json")
     with pytest.raises(ValueError, match="manifest.json is not a converter manifest"):
         data.manifest_record_count(str(tmp_path), "train")
+
+
+# What a (re)started training process does before it builds its pipeline (Trainer seeds Python,
+# NumPy, TensorFlow and Keras with config.seed), then the file order of the pipeline's first two
+# passes and the first augmentation draws.
+RESTART_PROBE = """
+import json, sys
+import keras, tensorflow as tf
+from alexnet_tf import data
+from alexnet_tf.config import get_config
+from alexnet_tf.statistics import imagenet_statistics
+deterministic, epoch = sys.argv[1] == "1", int(sys.argv[2])
+config = get_config("tiny", deterministic=deterministic)
+keras.utils.set_random_seed(config.seed)
+config = config.replace(seed=data.epoch_seed(config, epoch))  # as record_inputs does per epoch
+names = [f"train-{i:05d}-of-00032" for i in range(32)]
+files = data.shuffle_files(tf.data.Dataset.from_tensor_slices(names), len(names), config, 0).repeat(2)
+order = [name.decode() for name in files.as_numpy_iterator()]
+draws = next(iter(data.augmentation_draws(config, imagenet_statistics(), 0).batch(16)))
+print(json.dumps({"passes": [order[:32], order[32:]], "draws": {k: v.numpy().tolist() for k, v in draws.items()}}))
+"""
+
+
+def _start(deterministic: bool, epoch: int = 0) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", RESTART_PROBE, str(int(deterministic)), str(epoch)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_restarted_run_draws_new_file_orders_and_augmentation():
+    """Two epochs in one process, then a restart whose first epoch is the third."""
+    first_run, restarted = _start(False), _start(False)
+    epoch_1, epoch_2 = first_run["passes"]
+    epoch_3 = restarted["passes"][0]
+    assert sorted(epoch_3) == sorted(epoch_1) and epoch_1 != epoch_2
+    assert epoch_3 != epoch_1 and epoch_3 != epoch_2
+    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
+        assert restarted["draws"][key] != first_run["draws"][key], key
+
+
+def test_deterministic_orders_and_draws_are_a_function_of_seed_and_epoch():
+    epoch_0, again, epoch_2 = _start(True, 0), _start(True, 0), _start(True, 2)
+    assert epoch_0 == again
+    assert epoch_2["passes"][0] != epoch_0["passes"][0]
+    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
+        assert epoch_2["draws"][key] != epoch_0["draws"][key], key
