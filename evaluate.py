@@ -20,8 +20,9 @@ console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import curves, distribute, evaluation, export, imagenet, paths, statistics  # noqa: E402
+from alexnet_tf import cli, curves, distribute, evaluation, export, imagenet, paths, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
+from alexnet_tf.config import EXPORT_PRECISIONS, ConfigError  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A training workdir (model.keras or checkpoints/) or a .keras file.")
@@ -35,7 +36,7 @@ flags.DEFINE_bool("figures", False, "Also draw Figures 3 and 4 (needs --checkpoi
 flags.DEFINE_integer("num_gpus", None, "GPUs to evaluate on, as in train.py (default all visible; 0 for the CPU).")
 flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for Figure 4's neighbours.")
 flags.DEFINE_string("export_dir", None, "With --checkpoint: also write the serving SavedModel here (e.g. .../1).")
-flags.DEFINE_enum("export_precision", "float32", list(export.PRECISIONS),
+flags.DEFINE_enum("export_precision", "float32", list(EXPORT_PRECISIONS),
                   "Weights of the --export_dir SavedModel: as trained, or stored in bfloat16.")
 flags.DEFINE_bool("curves", False, "With --checkpoint=WORKDIR: draw WORKDIR/curves.png (loss and errors against "
                   "epochs) from the run's logs; evaluates too only when --report_dir, --data_dir, "
@@ -53,10 +54,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
     for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets"):
         if FLAGS[flag].value:
-            try:
-                paths.check_supported(FLAGS[flag].value, f"--{flag}")
-            except paths.UnsupportedPathError as e:
-                raise app.UsageError(str(e)) from e
+            paths.check_supported(FLAGS[flag].value, f"--{flag}")
+    for flag, what in (("checkpoint", "a training work directory or a .keras file"),
+                       ("saved_model", "a directory written by the export (e.g. WORKDIR/saved_model/1)"),
+                       ("data_dir", "the converter's output directory"), ("synsets", "a file of wnids")):
+        if FLAGS[flag].value and not paths.exists(FLAGS[flag].value):
+            raise ConfigError(f"--{flag}={FLAGS[flag].value}: no such file or directory; pass {what}")
     if FLAGS.curves:
         if not (FLAGS.checkpoint and paths.isdir(FLAGS.checkpoint)):
             raise app.UsageError("--curves needs --checkpoint=WORKDIR, a training work directory (logs/ inside)")
@@ -104,4 +107,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

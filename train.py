@@ -9,7 +9,9 @@
 
 Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
 ``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``,
-``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes.
+``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes. Exit
+statuses (``alexnet_tf/cli.py``): 0 done, 1 the loss became NaN, 2 bad flags or inputs (one line),
+75 stopped by SIGTERM after a checkpoint: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
+from alexnet_tf import cli, distribute, imagenette, paths, synthetic_data, training  # noqa: E402
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import distribute, export, imagenette, paths, synthetic_data, training  # noqa: E402
-from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
 
@@ -46,7 +47,7 @@ flags.DEFINE_enum("dataset", None, sorted(DATASET_PRESETS),
                   "shapes: the built-in drawn data set; imagenette: Imagenette (--imagenette_dir or "
                   "download); records: --data_dir; synthetic: random tensors. Default: records with "
                   "--data_dir, else shapes.")
-flags.DEFINE_string("preset", None, f"one of {sorted(config_lib.PRESETS)}; default follows --dataset")
+flags.DEFINE_enum("preset", None, sorted(config_lib.PRESETS), "the run's settings; default follows --dataset")
 flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go (local or gs://...); "
                     "default runs/<preset>")
 flags.DEFINE_string("imagenette_dir", None, "Imagenette JPEG folders (train/, val/); default: download")
@@ -66,21 +67,20 @@ def main(argv: list[str]) -> int:
     preset = FLAGS.preset or DATASET_PRESETS[dataset]
     overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
                  if FLAGS[f.name].value is not None}
-    config = config_lib.get_config(preset, **overrides)
-    if config.export_precision not in export.PRECISIONS:
-        raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
-    try:
-        trainer_lib.check_label_smoothing(config.label_smoothing)
-        training.check_settings(config)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    config = config_lib.get_config(preset, **overrides)  # checks every setting (ConfigError)
     workdir = FLAGS.workdir or os.path.join("runs", preset)
     for path, flag in ((workdir, "--workdir"), (config.data_dir, "--data_dir")):
         if path:
-            try:
-                paths.check_supported(path, flag)
-            except paths.UnsupportedPathError as e:
-                raise app.UsageError(str(e)) from e
+            paths.check_supported(path, flag)
+    if dataset == "records" and not config.data_dir:
+        raise config_lib.ConfigError("--dataset=records needs --data_dir, the converter's output")
+    if dataset == "records" and not paths.isdir(config.data_dir):
+        raise config_lib.ConfigError(f"--data_dir={config.data_dir}: no such directory; pass the converter's "
+                                     "output directory (data_prep/build_tfrecords.py --output_directory)")
+    if FLAGS.imagenette_dir and not paths.isdir(FLAGS.imagenette_dir):
+        raise config_lib.ConfigError(f"--imagenette_dir={FLAGS.imagenette_dir}: no such directory; pass the "
+                                     "folder that holds Imagenette's train/ and val/")
+    strategy = distribute.make_strategy(FLAGS.num_gpus)  # --num_gpus checked before any data is made
     data_root = os.path.join(workdir, workdir_lib.DATA_DIR)
     what = DATASET_DESCRIPTIONS[dataset].format(data_root=data_root, data_dir=config.data_dir,
                                                  imagenette=FLAGS.imagenette_dir or "the download")
@@ -92,19 +92,15 @@ def main(argv: list[str]) -> int:
             data_dir = imagenette.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir)
             config = config.replace(data_dir=data_dir)
     except ConversionError as e:
-        logging.error("%s", e)
-        return 2
-    if dataset == "records" and not config.data_dir:
-        raise app.UsageError("--dataset=records needs --data_dir, the converter's output")
+        return cli.usage_error(str(e))
     try:
-        summary = training.train(config, workdir, strategy=distribute.make_strategy(FLAGS.num_gpus),
-                                 synthetic=dataset == "synthetic")
+        summary = training.train(config, workdir, strategy=strategy, synthetic=dataset == "synthetic")
     except training.NonFiniteLossError as e:
         logging.error("%s", e)
-        return 1
+        return cli.FAILED
     print(json.dumps(summary, indent=2))
-    return 0
+    return cli.RESUMABLE if summary.get("stopped") else cli.OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,6 +2,12 @@
 
 Command-line flags override fields of a preset (``train.py``); code is never edited to change a
 run. The resolved configuration is saved beside the run's outputs as JSON.
+
+Every rule about the configuration's own values lives here: a ``Config`` checks itself when it
+is made (``_validate``) and raises ``ConfigError`` naming the flag and the fix. Checks of the
+machine or the data (GPUs visible, records present, enough images for a batch) stay where that
+is known, and raise ``ConfigError`` too; the command lines print it as one line and exit with
+status 2 (``cli.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +15,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
+
+# The enumerations, each defined once.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # training: Keras mixed-precision policies
+EXPORT_PRECISIONS = ("float32", "bfloat16")  # the serving export's weights
+WEIGHT_INITS = ("paper", "he")  # N(0, 0.01), or He-scaled for narrow CPU variants (model.py)
+BIAS_INITS = ("paper", "caffe")  # 1 or 0.1 in conv2/4/5 and fc6/7 (model.POSITIVE_BIAS)
+MEAN_SUBTRACTION_MODES = ("image", "channel")  # the paper's mean image, or a per-channel mean
+LR_SCHEDULE_FORMS = "'plateau' or 'step:E1,E2,...' with increasing epochs, e.g. step:30,60,80"
+# conv1 (11, stride 4) and three poolings must leave pool5 at least one pixel wide: the smallest
+# input for 3x3/2 pooling, and for the 2x2/2 pooling of the ablation (model.feature_map_sizes).
+SMALLEST_INPUT = {True: 67, False: 39}
+
+
+class ConfigError(ValueError):
+    """A setting, or a combination of settings, inputs and machine, that cannot work.
+
+    The message names the flag (or the file) and what to do; the command lines show it as one
+    line, without a traceback, and exit with status 2.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +78,9 @@ class Config:
     max_lr_reductions: int = 3
     precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16"
     jit_compile: bool = False
+    # Warn once when the training loss is still within 2 % of ln(num_classes) after this many
+    # steps: training that never started (init, learning rate, labels). 0 turns it off.
+    stall_warning_steps: int = 1000
     steps_per_epoch: int = 0  # 0: one pass over the training records
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
     # Training steps per call to the device (one tf.function): the host (progress bar, TensorBoard,
@@ -64,12 +92,15 @@ class Config:
     # Serving export (export.py).
     export_precision: str = "float32"  # "float32" or "bfloat16" (weights stored in bfloat16)
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def replace(self, **overrides: Any) -> Config:
-        """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""
+        """A copy with ``overrides`` applied; unknown names or values that cannot work raise ``ConfigError``."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
 
     def to_json(self) -> str:
@@ -109,7 +140,109 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def get_config(preset: str = "paper", **overrides: Any) -> Config:
-    """The named preset with ``overrides`` applied."""
+    """The named preset with ``overrides`` applied (checked once, as a whole)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return Config().replace(**PRESETS[preset]).replace(**overrides)
+        raise ConfigError(f"--preset={preset!r}: choose one of {', '.join(sorted(PRESETS))}")
+    return Config().replace(**{**PRESETS[preset], **overrides})
+
+
+# --------------------------------------------------------------------------------------------
+# The rules
+
+
+def _choose(flag: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{flag}={value!r}: choose one of {', '.join(choices)}")
+
+
+def _require(condition: bool, flag: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"--{flag}={value!r}: {rule}")
+
+
+def check_model(input_size: int, width: float, towers: int, conv_width: float, dropout: float, bias_init: str,
+                weight_init: str, overlapping_pooling: bool, num_classes: int) -> None:
+    """The network's rules, shared by ``Config`` and ``model.build_alexnet``'s arguments."""
+    _require(num_classes >= 1, "num_classes", num_classes, "give at least one class")
+    smallest = SMALLEST_INPUT[bool(overlapping_pooling)]
+    _require(input_size >= smallest, "input_size", input_size,
+             f"too small: pool5 would be empty; use at least {smallest}")
+    _require(width > 0, "width", width, "must be positive (1.0 is the paper's network)")
+    _require(conv_width > 0, "conv_width", conv_width, "must be positive (1.0 is the paper's network)")
+    _require(towers >= 1, "towers", towers, "must be at least 1 (2 is the paper's network)")
+    _require(0.0 <= dropout < 1.0, "dropout", dropout, "must be at least 0 and below 1 (0.5 in the paper)")
+    _choose("bias_init", bias_init, BIAS_INITS)
+    _choose("weight_init", weight_init, WEIGHT_INITS)
+
+
+def parse_lr_schedule(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``"plateau"`` -> ("plateau", ()); ``"step:30,60,80"`` -> ("step", (30, 60, 80)).
+
+    Raises:
+      ConfigError: naming ``--lr_schedule`` when ``spec`` is neither form.
+    """
+    if spec == "plateau":
+        return "plateau", ()
+    if spec.startswith("step:"):
+        try:
+            boundaries = tuple(int(v) for v in spec[len("step:"):].split(","))
+        except ValueError:
+            boundaries = ()
+        if boundaries and all(b > 0 for b in boundaries) and list(boundaries) == sorted(set(boundaries)):
+            return "step", boundaries
+    raise ConfigError(f"--lr_schedule={spec!r}: use {LR_SCHEDULE_FORMS}")
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """``--profile_steps=a,b`` as (a, b): global steps, counted from 1, both profiled; None for "".
+
+    Raises:
+      ConfigError: naming the flag, when ``spec`` is not two steps ``1 <= a <= b``.
+    """
+    if not spec:
+        return None
+    try:
+        first, last = (int(part) for part in spec.split(","))
+    except ValueError:
+        first = last = 0
+    if not 1 <= first <= last:
+        raise ConfigError(f"--profile_steps={spec!r}: give the first and last global step to profile, "
+                          "counted from 1, e.g. --profile_steps=20,25")
+    return first, last
+
+
+def _validate(config: Config) -> None:
+    """Every rule about a configuration's own values; ``ConfigError`` for the first broken one."""
+    c = config
+    check_model(c.input_size, c.width, c.towers, c.conv_width, c.dropout, c.bias_init, c.weight_init,
+                c.overlapping_pooling, c.num_classes)
+    # Data.
+    _require(c.image_size >= c.input_size, "image_size", c.image_size,
+             f"smaller than --input_size={c.input_size}: the crop must fit inside the central square; "
+             "lower --input_size or raise --image_size")
+    _choose("mean_subtraction", c.mean_subtraction, MEAN_SUBTRACTION_MODES)
+    _require(c.pca_std >= 0, "pca_std", c.pca_std, "must be at least 0 (0 turns the colour noise off)")
+    _require(c.label_offset >= 0, "label_offset", c.label_offset, "use 0 for 0-based labels, 1 for 1-based")
+    _require(c.shuffle_buffer >= 1, "shuffle_buffer", c.shuffle_buffer, "must be at least 1")
+    # Training.
+    _require(c.batch_size >= 1, "batch_size", c.batch_size, "must be at least 1 (128 in the paper)")
+    _require(c.epochs >= 0, "epochs", c.epochs, "must be at least 0")
+    _require(c.learning_rate >= 0, "learning_rate", c.learning_rate, "must be at least 0 (0.01 in the paper)")
+    _require(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be at least 0 and below 1 (0.9 in the paper)")
+    _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be at least 0 (0.0005 in the paper)")
+    _require(0.0 <= c.label_smoothing < 1.0, "label_smoothing", c.label_smoothing, "must be at least 0 and below 1")
+    parse_lr_schedule(c.lr_schedule)
+    _require(c.plateau_patience >= 1, "plateau_patience", c.plateau_patience, "must be at least 1 epoch")
+    _require(c.max_lr_reductions >= 0, "max_lr_reductions", c.max_lr_reductions, "must be at least 0")
+    _choose("precision", c.precision, PRECISIONS)
+    _require(c.stall_warning_steps >= 0, "stall_warning_steps", c.stall_warning_steps, "must be at least 0 (0: off)")
+    _require(c.steps_per_epoch >= 0, "steps_per_epoch", c.steps_per_epoch,
+             "must be at least 0 (0: one pass over the training records)")
+    _require(c.checkpoint_every_steps >= 0, "checkpoint_every_steps", c.checkpoint_every_steps,
+             "must be at least 0 (0: at the end of each epoch only)")
+    _require(c.steps_per_loop >= 1, "steps_per_loop", c.steps_per_loop, "run at least 1 step per loop")
+    parse_profile_steps(c.profile_steps)
+    if c.deterministic and c.jit_compile:
+        raise ConfigError("--deterministic and --jit_compile (on in the imagenette preset): XLA has no "
+                          "deterministic max-pool gradient; choose one (--nojit_compile for a deterministic run)")
+    _choose("export_precision", c.export_precision, EXPORT_PRECISIONS)

@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_tf import imagenet, paths, preprocess, records, statistics
-from alexnet_tf.config import Config
+from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
 
@@ -68,7 +68,7 @@ def check_labels(data_dir: str, split: str, config: Config) -> None:
     records of the first few shards are parsed (not decoded).
 
     Raises:
-      ValueError: naming the shard, the record and the ``--label_offset`` the shards need, or
+      ConfigError: naming the shard, the record and the ``--label_offset`` the shards need, or
         the synsets file when a record's wnid is not in it.
     """
     synsets_path = os.path.join(data_dir, SYNSETS_FILE)
@@ -88,12 +88,12 @@ def check_labels(data_dir: str, split: str, config: Config) -> None:
                 continue
             filename = parsed["filename"].numpy().decode("utf-8")
             if synset not in index:
-                raise ValueError(f"{path}: record {filename!r} is of {synset}, which {synsets_path} does not list; "
+                raise ConfigError(f"{path}: record {filename!r} is of {synset}, which {synsets_path} does not list; "
                                  "the shards and the class list do not belong together")
             stored = int(parsed["label"].numpy())
             needed = stored - index[synset]
             if needed != config.label_offset:
-                raise ValueError(
+                raise ConfigError(
                     f"{path}: record {filename!r} is of {synset}, class {index[synset]} in {synsets_path}, "
                     f"stored with label {stored}: these shards need --label_offset={needed}, not "
                     f"--label_offset={config.label_offset}"
@@ -425,7 +425,7 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
         num_train = count_records(data_dir, "train")
         steps = num_train // config.batch_size
         if steps == 0:
-            raise ValueError(f"{data_dir} holds {num_train} training images, fewer than one batch "
+            raise ConfigError(f"{data_dir} holds {num_train} training images, fewer than one batch "
                              f"(--batch_size={config.batch_size})")
         logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
     num_train = num_train if num_train is not None else manifest_record_count(data_dir, "train")

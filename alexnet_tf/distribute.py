@@ -16,6 +16,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf.config import ConfigError
+
 CHIEF = "chief"
 WORKER = "worker"
 
@@ -41,7 +43,8 @@ def make_strategy(num_gpus: int | None = None, devices: list[str] | None = None)
     if devices is None:
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         if num_gpus is not None and num_gpus > len(gpus):
-            raise ValueError(f"--num_gpus={num_gpus} but only {len(gpus)} GPU(s) are visible")
+            raise ConfigError(f"--num_gpus={num_gpus} but only {len(gpus)} GPU(s) are visible; pass "
+                              f"--num_gpus={len(gpus)} or leave it out (0 runs on the CPU)")
         devices = gpus[: len(gpus) if num_gpus is None else num_gpus] or ["/cpu:0"]
     if len(devices) == 1:
         logging.info("One device: %s", devices[0])

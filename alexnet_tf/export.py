@@ -44,7 +44,6 @@ MAX_PIXELS = 40_000_000
 # Written beside the graph; TensorFlow Serving ignores assets.extra.
 CONFIG_FILE = os.path.join("assets.extra", "alexnet_config.json")
 LABELS_FILE = os.path.join("assets.extra", "labels.tsv")
-PRECISIONS = ("float32", "bfloat16")
 
 _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -110,20 +109,39 @@ def bfloat16_copy(model: keras.Model) -> keras.Model:
     memory, not less.
     """
     output_layers = {tensor._keras_history.operation.name for tensor in model.outputs}
+    return _copy_with_policies(model, lambda layer: "float32" if layer.name in output_layers else "bfloat16")
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A copy of the functional ``model`` that stores and computes everything in float32.
+
+    A model trained under a mixed policy (``--precision=mixed_float16`` or ``mixed_bfloat16``)
+    keeps float32 weights but computes its layers in half precision; this copy computes them in
+    float32, so the float32 export serves what the float32 network computes.
+    """
+    return _copy_with_policies(model, lambda layer: "float32")
+
+
+def _copy_with_policies(model: keras.Model, policy: Callable[[keras.layers.Layer], str]) -> keras.Model:
+    """``model`` cloned layer by layer with ``policy(layer)``'s dtype policy, its weights cast into it."""
 
     def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
         layer_config = layer.get_config()
-        if layer.name not in output_layers:
-            layer_config["dtype"] = "bfloat16"
+        layer_config["dtype"] = policy(layer)
         return layer.__class__.from_config(layer_config)
 
     copy = keras.models.clone_model(model, clone_function=rebuild)
     for source, target in zip(model.layers, copy.layers, strict=True):
         if source.name != target.name or len(source.weights) != len(target.weights):
-            raise ValueError(f"bfloat16_copy: layer {source.name!r} was not cloned one to one")
+            raise ValueError(f"export: layer {source.name!r} was not cloned one to one")
         for weight, copied in zip(source.weights, target.weights, strict=True):
             copied.assign(tf.cast(weight, copied.dtype))
     return copy
+
+
+def computes_in_float32(model: keras.Model) -> bool:
+    """Whether every layer of ``model`` computes in float32 (not so under a mixed policy)."""
+    return all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers)
 
 
 def export_saved_model(
@@ -147,7 +165,8 @@ def export_saved_model(
       wnids: class index -> wnid, ``config.num_classes`` entries.
       names: class index -> human-readable name, ``config.num_classes`` entries.
       max_pixels: images whose header declares more pixels are refused.
-      precision: "float32" (the weights as trained) or "bfloat16" (weights stored and run in
+      precision: "float32" (the weights as trained, computed in float32 even when trained under a
+        mixed policy) or "bfloat16" (weights stored and run in
         bfloat16, LRN and outputs in float32; see ``bfloat16_copy``); default
         ``config.export_precision``. The configuration written beside the graph records it.
 
@@ -159,13 +178,12 @@ def export_saved_model(
             f"export_saved_model: {len(wnids)} wnids and {len(names)} names for a model with "
             f"{config.num_classes} classes; pass one of each per class"
         )
-    precision = precision or config.export_precision
-    if precision not in PRECISIONS:
-        raise ValueError(f"export_saved_model: precision must be one of {PRECISIONS}, got {precision!r} "
-                         "(--export_precision)")
+    config = config.replace(export_precision=precision or config.export_precision)  # checks it
+    precision = config.export_precision
     if precision == "bfloat16":
         model = bfloat16_copy(model)
-    config = config.replace(export_precision=precision)
+    elif not computes_in_float32(model):  # trained under a mixed policy: serve what float32 computes
+        model = float32_copy(model)
     size = config.input_size
     top_k = min(TOP_K, config.num_classes)
     wnid_table = tf.constant(list(wnids), tf.string)

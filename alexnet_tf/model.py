@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from alexnet_tf.config import check_model
 from alexnet_tf.layers import LocalResponseNormalization, ReplicaDropout, TowerConv2D
 
 PAPER_INPUT_SIZE = 227
@@ -13,7 +14,6 @@ WEIGHT_STDDEV = 0.01  # section 5: weights from N(0, 0.01)
 # reference model uses 0.1 there, because 1 stalls training on some setups.
 POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1}
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
-WEIGHT_INITS = ("paper", "he")
 PIXEL_STDDEV = 58.0  # of mean-subtracted ImageNet pixels on the 0-255 scale
 # Section 3.4: pooling windows of z = 3 at stride s = 2 overlap. The paper's comparison pools
 # z = 2 at s = 2, which gives the same output sizes at every layer of the paper's network.
@@ -100,19 +100,8 @@ def build_alexnet(
       A functional model from ``image`` [batch, input_size, input_size, 3] (mean-subtracted
       pixels) to class probabilities [batch, num_classes].
     """
-    if weight_init not in WEIGHT_INITS:
-        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
-    if bias_init not in POSITIVE_BIAS:
-        raise ValueError(f"bias_init must be one of {sorted(POSITIVE_BIAS)}, got {bias_init!r}")
-    if towers < 1:
-        raise ValueError(f"towers must be at least 1, got {towers}")
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
-    if conv_width <= 0:
-        raise ValueError(f"conv_width must be positive, got {conv_width}")
-    sizes = feature_map_sizes(input_size, overlapping_pooling)
-    if sizes["pool5"] < 1:
-        raise ValueError(f"input_size {input_size} is too small: pool5 would be empty (use at least 67)")
+    check_model(input_size, width, towers, conv_width, dropout, bias_init, weight_init, overlapping_pooling,
+                num_classes)
 
     def channels(n: int) -> int:
         return max(towers, round(n * width * conv_width / towers) * towers)

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from alexnet_tf.config import Config
+from alexnet_tf.config import Config, parse_lr_schedule
 
 PAPER_WEIGHT_DECAY = 0.0005
 LR_DIVISOR = 10.0  # section 5: "divide the learning rate by 10"
@@ -68,27 +68,6 @@ class PaperSGD(keras.optimizers.SGD):
         config.pop("nesterov", None)
         config["l2_decay"] = self.l2_decay
         return config
-
-
-def parse_lr_schedule(spec: str) -> tuple[str, tuple[int, ...]]:
-    """``"plateau"`` -> ("plateau", ()); ``"step:30,60,80"`` -> ("step", (30, 60, 80)).
-
-    Raises:
-      ValueError: naming ``--lr_schedule`` when ``spec`` is neither form.
-    """
-    if spec == "plateau":
-        return "plateau", ()
-    if spec.startswith("step:"):
-        try:
-            boundaries = tuple(int(v) for v in spec[len("step:"):].split(","))
-        except ValueError:
-            boundaries = ()
-        if boundaries and all(b > 0 for b in boundaries) and list(boundaries) == sorted(set(boundaries)):
-            return "step", boundaries
-    raise ValueError(
-        f"--lr_schedule={spec!r}: use 'plateau' or 'step:E1,E2,...' with increasing epochs, "
-        "e.g. step:30,60,80"
-    )
 
 
 class LearningRateSchedule(tf.Module):

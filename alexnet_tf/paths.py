@@ -26,13 +26,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf.config import ConfigError
+
 # Schemes that come with the tensorflow-io package rather than with TensorFlow itself.
 TENSORFLOW_IO_SCHEMES = ("s3", "hdfs", "viewfs", "har", "az", "http", "https", "oss")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _LOCAL_SCHEMES = ("", "file")
 
 
-class UnsupportedPathError(ValueError):
+class UnsupportedPathError(ConfigError):
     """A path of a scheme (``s3://``, ``foo://``) that no installed TensorFlow file system handles."""
 
 

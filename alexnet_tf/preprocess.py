@@ -55,7 +55,6 @@ SHRINK_METHOD = tf.image.ResizeMethod.AREA
 ENLARGE_METHOD = tf.image.ResizeMethod.BILINEAR
 FLIP_PROBABILITY = 0.5
 NUM_CROPS = 10
-MEAN_SUBTRACTION_MODES = ("image", "channel")
 _SEED_MAX = 2**31 - 1
 
 # What the host sends per image (``train_crop``, ``eval_crop``, ``ten_crop_square``); the device
@@ -284,25 +283,12 @@ def ten_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
     return patches
 
 
-def _check_config(config: Config) -> None:
-    if config.input_size > config.image_size:
-        raise ValueError(
-            f"input_size={config.input_size} is larger than image_size={config.image_size}: the crop must "
-            "fit inside the central square; lower --input_size or raise --image_size"
-        )
-    if config.mean_subtraction not in MEAN_SUBTRACTION_MODES:
-        raise ValueError(
-            f"mean_subtraction={config.mean_subtraction!r}: choose one of {MEAN_SUBTRACTION_MODES}"
-        )
-
-
 def mean_to_subtract(config: Config, stats: DatasetStatistics) -> np.ndarray:
     """The mean the pipeline subtracts: [image_size, image_size, 3] or per-channel [3], float32.
 
     ``mean_subtraction="image"`` uses the statistics' mean image, resized to ``image_size`` when
     it was computed at another size; without a mean image the per-channel mean stands in.
     """
-    _check_config(config)
     if config.mean_subtraction == "image" and stats.mean_image is not None:
         mean = np.asarray(stats.mean_image, np.float32)
         if mean.shape[:2] != (config.image_size, config.image_size):
@@ -345,7 +331,6 @@ def training_draws(config: Config, stats: DatasetStatistics, seed: tf.Tensor, co
     Returns:
       ``{CROP: int32 [count, 2], FLIP: bool [count], RGB: float32 [count, 3]}``.
     """
-    _check_config(config)
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 3)
     limit = config.image_size - config.input_size + 1
     if config.pca_std > 0:
@@ -371,7 +356,6 @@ def decode_train_crop(encoded: tf.Tensor, config: Config, draws: Mapping[str, tf
       ``{IMAGE: uint8 [c, c, 3] (the crop, not mirrored), CROP, FLIP, RGB}``; ``DeviceFinish``
       does the rest.
     """
-    _check_config(config)
     crop = draws[CROP]
     image = _decode_crop_of_square(encoded, config.image_size, crop[0], crop[1], config.input_size)
     return {IMAGE: image, CROP: crop, FLIP: draws[FLIP], RGB: draws[RGB]}
@@ -399,7 +383,6 @@ def train_crop(
 
 def eval_crop(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
     """The host's half of the centre-crop test view: ``{IMAGE: uint8 [c, c, 3], CROP: int32 [2]}``."""
-    _check_config(config)
     size, crop = config.image_size, config.input_size
     offset = (size - crop) // 2
     return {
@@ -413,7 +396,6 @@ def ten_crop_square(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
 
     One uint8 square is 196,608 bytes at 256, against 6.2 MB for ten float32 patches of 227.
     """
-    _check_config(config)
     return {SQUARE: _decode_square(encoded, config.image_size)}
 
 

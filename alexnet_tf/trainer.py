@@ -20,13 +20,11 @@ import tensorflow as tf
 
 from alexnet_tf import distribute, evaluation, preprocess
 from alexnet_tf import model as model_lib
-from alexnet_tf.config import Config
+from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.data import Inputs
 from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.optimizer import LearningRateSchedule, PaperSGD
 from alexnet_tf.statistics import DatasetStatistics
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,12 +38,6 @@ class LoopFigures(NamedTuple):
     top1: float  # top-1 correct
     top5: float  # top-5 correct
     images: float
-
-
-def check_label_smoothing(label_smoothing: float) -> None:
-    """Raises ``ValueError`` unless 0 <= ``label_smoothing`` < 1."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"--label_smoothing={label_smoothing}: must be at least 0 and below 1")
 
 
 def training_loss(labels: tf.Tensor, probabilities: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -62,12 +54,6 @@ def training_loss(labels: tf.Tensor, probabilities: tf.Tensor, label_smoothing: 
 
 # --------------------------------------------------------------------------------------------
 # The trainer
-
-
-def _set_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    keras.mixed_precision.set_global_policy(precision)
 
 
 class Trainer:
@@ -88,10 +74,10 @@ class Trainer:
         self.strategy = strategy or distribute.make_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
-            raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
-        check_label_smoothing(config.label_smoothing)
+            raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas; "
+                              f"use a multiple of {replicas}")
         previous_policy = keras.mixed_precision.global_policy().name
-        _set_precision(config.precision)
+        keras.mixed_precision.set_global_policy(config.precision)
         try:
             # Seeds Python, NumPy, TensorFlow and Keras: the dropout layers' RNG starts the same.
             keras.utils.set_random_seed(config.seed)

@@ -19,6 +19,7 @@ Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -34,9 +35,13 @@ from tensorflow.python.framework import config as tf_framework_config
 
 from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
 from alexnet_tf import workdir as workdir_lib
-from alexnet_tf.config import Config
+from alexnet_tf.config import Config, ConfigError, parse_profile_steps
 from alexnet_tf.data import Inputs
 from alexnet_tf.trainer import NonFiniteLossError, Trainer
+
+# The stall warning: a training loss this close (relative) to ln(num_classes), the loss of a
+# uniform guess, after ``stall_warning_steps`` steps.
+STALL_TOLERANCE = 0.02
 
 # --------------------------------------------------------------------------------------------
 # The run
@@ -59,13 +64,6 @@ def _sigterm_flag() -> Iterator[dict[str, bool]]:
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def check_settings(config: Config) -> None:
-    """Raises ValueError for settings that cannot run together (``train.py`` asks before any work)."""
-    if config.deterministic and config.jit_compile:
-        raise ValueError("--deterministic and --jit_compile (on in the imagenette preset): XLA has no "
-                         "deterministic max-pool gradient; choose one (--nojit_compile for a deterministic run)")
 
 
 def train(
@@ -101,14 +99,11 @@ def train(
     Raises:
       NonFiniteLossError: when the loss becomes NaN or infinite; the last checkpoint is kept.
     """
-    check_settings(config)
     # Before anything is read or built: an s3:// path without tensorflow-io fails here, naming it.
+    # (The configuration checked itself when it was made.)
     paths.check_supported(workdir, "--workdir")
     if config.data_dir:
         paths.check_supported(config.data_dir, "--data_dir")
-    if config.steps_per_loop < 1:
-        raise ValueError(f"--steps_per_loop={config.steps_per_loop}: run at least 1 step per loop")
-    parse_profile_steps(config.profile_steps)  # a wrong flag fails before any work
     # Op determinism is a process-wide switch: on for this run only.
     was_deterministic = tf_framework_config.is_op_determinism_enabled()
     if config.deterministic:
@@ -127,7 +122,7 @@ def _inputs_of(config: Config, inputs: Inputs | None, synthetic: bool) -> Inputs
         return data.synthetic_inputs(config)
     if config.data_dir:
         return data.record_inputs(config, config.data_dir)
-    raise ValueError("no training data: pass --data_dir (converted records), --dataset or --synthetic")
+    raise ConfigError("no training data: pass --data_dir (converted records), --dataset or --synthetic")
 
 
 def _start(config: Config, workdir: str, inputs: Inputs, strategy: tf.distribute.Strategy,
@@ -234,24 +229,6 @@ def _train(
     return summary
 
 
-def parse_profile_steps(spec: str) -> tuple[int, int] | None:
-    """``--profile_steps=a,b`` as (a, b): global steps, counted from 1, both profiled; None for "".
-
-    Raises:
-      ValueError: naming the flag, when ``spec`` is not two steps ``1 <= a <= b``.
-    """
-    if not spec:
-        return None
-    try:
-        first, last = (int(part) for part in spec.split(","))
-    except ValueError:
-        first = last = 0
-    if not 1 <= first <= last:
-        raise ValueError(f"--profile_steps={spec!r}: give the first and last global step to profile, "
-                         "counted from 1, e.g. --profile_steps=20,25")
-    return first, last
-
-
 class _Profiler:
     """``--profile_steps``: a TensorBoard profile (``tf.profiler``) of those global steps, on the chief.
 
@@ -344,6 +321,7 @@ def _train_epoch(
                                                         for k, v in figures.items()})
         if step_callback is not None:
             step_callback(global_step, figures)
+        _warn_if_stalled(config, loss, global_step, length)
         every = config.checkpoint_every_steps
         if sigterm["stop"] or (every and global_step % every == 0 and step < steps):
             path = checkpoints.save()
@@ -354,6 +332,28 @@ def _train_epoch(
         logging.info("Epoch %d: training loss %.4f, top-1 error %.4f, top-5 error %.4f", epoch + 1,
                      loss / count, 1 - top1 / count, 1 - top5 / count)
     return None
+
+
+def _warn_if_stalled(config: Config, loss: float, global_step: int, length: int) -> bool:
+    """Warns once, in the loop that reaches ``stall_warning_steps``, if the loss is still ln(K)'s.
+
+    The commonest failure of an AlexNet reproduction is a loss that never leaves ln(num_classes):
+    the network outputs a uniform guess. Returns whether it warned.
+    """
+    steps, chance = config.stall_warning_steps, math.log(config.num_classes)
+    if not steps or config.num_classes < 2 or not global_step - length < steps <= global_step:
+        return False
+    if abs(loss - chance) > STALL_TOLERANCE * chance:
+        return False
+    logging.warning(
+        "The training loss is %.4f after %d steps, within %d%% of ln(%d) = %.4f, the loss of a uniform guess: "
+        "the network has not started to learn. Likely causes: weights initialised too small for the "
+        "network's width (--weight_init=he, --bias_init=caffe), a learning rate off by 10x "
+        "(--learning_rate), labels that do not belong to the images (--label_offset; the converter's "
+        "synsets.txt), or a pipeline that feeds the wrong pixels (--mean_subtraction). "
+        "--stall_warning_steps=0 turns this check off.",
+        loss, global_step, round(100 * STALL_TOLERANCE), config.num_classes, chance)
+    return True
 
 
 def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chief: bool) -> dict[str, Any]:

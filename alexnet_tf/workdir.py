@@ -34,7 +34,7 @@ from tensorflow.core.framework import summary_pb2
 
 from alexnet_tf import model as model_lib
 from alexnet_tf import paths
-from alexnet_tf.config import Config
+from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.records import STATISTICS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
 
@@ -70,7 +70,7 @@ def write_config(config: Config, workdir: str, resuming: bool) -> str:
       The path written.
 
     Raises:
-      ValueError: naming ``config.json`` and the fields, when a resumed run would change the
+      ConfigError: naming ``config.json`` and the fields, when a resumed run would change the
         model's variables (``MODEL_FIELDS``).
     """
     path = os.path.join(workdir, CONFIG_FILE)
@@ -78,7 +78,7 @@ def write_config(config: Config, workdir: str, resuming: bool) -> str:
         saved = read_config(workdir)
         changed = [name for name in MODEL_FIELDS if getattr(saved, name) != getattr(config, name)]
         if changed:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: the checkpoints in {workdir} are of a model with "
                 + ", ".join(f"{n}={getattr(saved, n)}" for n in changed)
                 + f", not {', '.join(f'{n}={getattr(config, n)}' for n in changed)}; "

@@ -13,13 +13,16 @@ the preset's size once, then runs ``train.py --preset=imagenette`` on them as se
 with each setting, for two numbers of steps. The difference between the long and the short run
 removes start-up, tracing, evaluation and export, leaving the cost of the steps themselves:
 CPU-seconds (user and system) and page faults per training image, and images per CPU-second.
-The settings are timed alternately in one run. The last line printed is one JSON object.
+The settings are timed alternately in one run, with TensorFlow's oneDNN kernels off and on
+(``--onednn=off,on``; on by default on CPUs with AVX-512, where TensorFlow also puts a caching
+allocator of its own first). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -37,6 +40,7 @@ flags.DEFINE_string("imagenette_dir", os.path.join(ROOT, "..", "shared", "data",
                     "Imagenette JPEG folders (train/, val/).")
 flags.DEFINE_list("steps", ["10", "60"], "The short and the long run's training steps.")
 flags.DEFINE_integer("repeats", 2, "Runs of each (allocator, steps) pair.")
+flags.DEFINE_list("onednn", ["off", "on"], "TF_ENABLE_ONEDNN_OPTS settings to measure: off (0), on (1).")
 FLAGS = flags.FLAGS
 GLIBC_TOP_PAD = str(128 * 1024)  # glibc's own default
 
@@ -49,10 +53,11 @@ SETTINGS = {
 }
 
 
-def _run(data_dir: str, steps: int, setting: str, workdir: str) -> dict[str, float]:
+def _run(data_dir: str, steps: int, setting: str, workdir: str, onednn: str) -> dict[str, float]:
     """One training process; its CPU-seconds, page faults and wall seconds."""
     allocator, pad = SETTINGS[setting]
     env = {k: v for k, v in os.environ.items() if k != console.HEAP_PAD_VARIABLE}
+    env["TF_ENABLE_ONEDNN_OPTS"] = {"off": "0", "on": "1"}[onednn]
     env[console.CPU_ALLOCATOR_VARIABLE] = allocator
     if pad is not None:  # set by the "user": train.py keeps it
         env[console.HEAP_PAD_VARIABLE] = pad
@@ -79,16 +84,18 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = imagenette.prepare_imagenette(os.path.join(tmp, "data"), config.image_size,
                                                  FLAGS.imagenette_dir)
-        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         for repeat in range(FLAGS.repeats):
-            for setting in SETTINGS:
-                for steps in (short, long):
-                    workdir = os.path.join(tmp, f"run-{setting}-{steps}-{repeat}")
-                    runs.setdefault((setting, steps), []).append(_run(data_dir, steps, setting, workdir))
+            for onednn in FLAGS.onednn:
+                for setting in SETTINGS:
+                    for steps in (short, long):
+                        workdir = os.path.join(tmp, f"run-{onednn}-{setting}-{steps}-{repeat}")
+                        runs.setdefault((onednn, setting, steps), []).append(
+                            _run(data_dir, steps, setting, workdir, onednn))
 
-    def per_image(setting: str) -> dict[str, float]:
+    def per_image(onednn: str, setting: str) -> dict[str, float]:
         # The cheapest run of each length: the others met more of the machine's other work.
-        best = {s: min(runs[(setting, s)], key=lambda r: r["user"] + r["system"]) for s in (short, long)}
+        best = {s: min(runs[(onednn, setting, s)], key=lambda r: r["user"] + r["system"]) for s in (short, long)}
         images = (long - short) * config.batch_size
         user = (best[long]["user"] - best[short]["user"]) / images
         system = (best[long]["system"] - best[short]["system"]) / images
@@ -96,19 +103,23 @@ def main(argv: list[str]) -> None:
                 "page_faults_per_image": round((best[long]["faults"] - best[short]["faults"]) / images, 1),
                 "images_per_cpu_second": round(1.0 / (user + system), 1)}
 
-    figures = {setting: per_image(setting) for setting in SETTINGS}
+    figures = {onednn: {setting: per_image(onednn, setting) for setting in SETTINGS} for onednn in FLAGS.onednn}
     names = {"malloc": "default (malloc)", "bfc": "BFC", "bfc_padded": "BFC + heap pad"}
-    for setting, each in figures.items():
-        print(f"{names[setting]:>17}: {each['cpu_seconds_per_image'] * 1000:.2f} CPU-ms per image "
-              f"({each['system_share']:.0%} in the kernel), {each['page_faults_per_image']:.0f} page faults "
-              f"per image, {each['images_per_cpu_second']} images per CPU-second")
+    for onednn, settings in figures.items():
+        for setting, each in settings.items():
+            print(f"oneDNN {onednn:>3}, {names[setting]:>17}: {each['cpu_seconds_per_image'] * 1000:.2f} CPU-ms per "
+                  f"image ({each['system_share']:.0%} in the kernel), {each['page_faults_per_image']:.0f} page "
+                  f"faults per image, {each['images_per_cpu_second']} images per CPU-second")
 
-    def ratio(a: str, b: str) -> float:
-        return round(figures[a]["images_per_cpu_second"] / figures[b]["images_per_cpu_second"], 3)
+    def ratio(onednn: str, a: str, b: str) -> float:
+        return round(figures[onednn][a]["images_per_cpu_second"] / figures[onednn][b]["images_per_cpu_second"], 3)
 
-    print(json.dumps({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long], **figures,
-                      "bfc_vs_malloc_images_per_cpu_second": ratio("bfc", "malloc"),
-                      "padded_vs_bfc_images_per_cpu_second": ratio("bfc_padded", "bfc")}))
+    ratios = {f"{onednn}_{a}_vs_{b}_images_per_cpu_second": ratio(onednn, a, b)
+              for onednn in FLAGS.onednn for a, b in (("bfc", "malloc"), ("bfc_padded", "bfc"))}
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    cpu = sorted({f for f in cpuinfo.read_text().split() if f.startswith("avx512")}) if cpuinfo.exists() else []
+    print(json.dumps({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long],
+                      "cpu_avx512": cpu, **figures, **ratios}))
 
 if __name__ == "__main__":
     app.run(main)

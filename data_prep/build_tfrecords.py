@@ -7,7 +7,7 @@
 
 Re-running the same command resumes: shards whose manifest record verifies are kept. The exit
 status is 1 when more files were rejected than --max_rejects (see rejects.txt), 2 for bad flags or
-inputs, 3 when --verify finds a problem. See alexnet_tf/converter/ for the details.
+inputs, 3 when --verify finds a problem (alexnet_tf/cli.py). See alexnet_tf/converter/ for the details.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ console.quiet_tensorflow()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import converter, imagenette, paths  # noqa: E402
+from alexnet_tf import cli, converter, imagenette, paths  # noqa: E402
 
 flags.DEFINE_enum("dataset", "imagenet", ["imagenet", "imagenette"], "imagenette: download and convert it.")
 flags.DEFINE_string("train_directory", None, "Training images in <wnid>/ folders.")
@@ -104,17 +104,16 @@ def main(argv: list[str]) -> int:
         if summary is None and not FLAGS.verify:
             raise converter.ConversionError("pass --train_directory and/or --validation_directory (or --verify)")
         report = converter.verify(FLAGS.output_directory, FLAGS.num_workers) if FLAGS.verify else None
-    except (converter.ConversionError, paths.UnsupportedPathError) as e:
-        logging.error("%s", e)
-        return 2
+    except converter.ConversionError as e:
+        return cli.usage_error(str(e))
     if summary is not None and not summary["ok"]:
         rejects = os.path.join(FLAGS.output_directory, converter.REJECTS_FILE)
         logging.error("%d files rejected (> --max_rejects=%d): see %s", summary["rejected"], FLAGS.max_rejects, rejects)
-        return 1
+        return cli.FAILED
     if report is not None and not report["ok"]:
-        return 3
-    return 0
+        return cli.VERIFY_FAILED
+    return cli.OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,8 +6,10 @@ import dataclasses
 
 import pytest
 
+from alexnet_tf import config as config_lib
+from alexnet_tf import model as model_lib
 from alexnet_tf import optimizer, training
-from alexnet_tf.config import Config, get_config
+from alexnet_tf.config import Config, ConfigError, get_config
 
 # Each value with the place in the paper (or README) it comes from.
 PAPER_RECIPE = {
@@ -76,5 +78,73 @@ def test_paper_plateau_rule_divides_by_ten_three_times():
 def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
-                    "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps"}
+                    "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps",
+                    "stall_warning_steps"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
+
+
+# Every rule about a configuration's own values: a setting that breaks it, and the flag the
+# message names. Each is raised from config.py, whoever builds the Config.
+BROKEN = [
+    (dict(num_classes=0), "--num_classes=0"),
+    (dict(input_size=60), "--input_size=60: too small"),
+    (dict(input_size=38, image_size=64, overlapping_pooling=False), "--input_size=38: too small"),
+    (dict(width=0.0), "--width=0.0"),
+    (dict(conv_width=-1.0), "--conv_width=-1.0"),
+    (dict(towers=0), "--towers=0"),
+    (dict(dropout=1.0), "--dropout=1.0"),
+    (dict(bias_init="zeros"), "--bias_init='zeros': choose one of paper, caffe"),
+    (dict(weight_init="xavier"), "--weight_init='xavier': choose one of paper, he"),
+    (dict(image_size=200), "--image_size=200: smaller than --input_size=227"),
+    (dict(mean_subtraction="pixel"), "--mean_subtraction='pixel': choose one of image, channel"),
+    (dict(pca_std=-0.1), "--pca_std=-0.1"),
+    (dict(label_offset=-1), "--label_offset=-1"),
+    (dict(shuffle_buffer=0), "--shuffle_buffer=0"),
+    (dict(batch_size=0), "--batch_size=0"),
+    (dict(epochs=-1), "--epochs=-1"),
+    (dict(learning_rate=-0.01), "--learning_rate=-0.01"),
+    (dict(momentum=1.0), "--momentum=1.0"),
+    (dict(weight_decay=-1.0), "--weight_decay=-1.0"),
+    (dict(label_smoothing=1.0), "--label_smoothing=1.0: must be at least 0 and below 1"),
+    (dict(lr_schedule="step:60,30"), "--lr_schedule='step:60,30'"),
+    (dict(plateau_patience=0), "--plateau_patience=0"),
+    (dict(max_lr_reductions=-1), "--max_lr_reductions=-1"),
+    (dict(precision="fp8"), "--precision='fp8': choose one of float32, mixed_float16, mixed_bfloat16"),
+    (dict(stall_warning_steps=-1), "--stall_warning_steps=-1"),
+    (dict(steps_per_epoch=-1), "--steps_per_epoch=-1"),
+    (dict(checkpoint_every_steps=-2), "--checkpoint_every_steps=-2"),
+    (dict(steps_per_loop=0), "--steps_per_loop=0"),
+    (dict(profile_steps="5,2"), "--profile_steps='5,2'"),
+    (dict(deterministic=True, jit_compile=True), "--nojit_compile for a deterministic run"),
+    (dict(export_precision="float16"), "--export_precision='float16': choose one of float32, bfloat16"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BROKEN, ids=[m.split(":")[0] for _, m in BROKEN])
+def test_each_rule_is_checked_when_the_config_is_made(overrides, message):
+    with pytest.raises(ConfigError) as raised:
+        get_config("paper", **overrides)
+    assert message in str(raised.value)
+    assert raised.traceback[-1].path.name == "config.py"  # the rule's one home
+    with pytest.raises(ConfigError):  # however the Config is made
+        Config().replace(**overrides)
+
+
+def test_every_preset_is_valid_and_unknown_names_are_refused():
+    for preset in config_lib.PRESETS:
+        get_config(preset)
+    with pytest.raises(ConfigError, match="--preset='nope': choose one of imagenette, paper, shapes, tiny"):
+        get_config("nope")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        get_config("paper", lerning_rate=0.1)
+
+
+def test_the_model_rules_are_the_networks():
+    # The smallest input leaves pool5 one pixel wide; one less leaves it empty.
+    for overlapping, smallest in config_lib.SMALLEST_INPUT.items():
+        assert model_lib.feature_map_sizes(smallest, overlapping)["pool5"] == 1
+        assert model_lib.feature_map_sizes(smallest - 1, overlapping)["pool5"] == 0
+    assert tuple(model_lib.POSITIVE_BIAS) == config_lib.BIAS_INITS
+    with pytest.raises(ConfigError) as raised:  # build_alexnet's arguments obey the same rules
+        model_lib.build_alexnet(towers=0)
+    assert raised.traceback[-1].path.name == "config.py"

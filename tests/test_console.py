@@ -16,6 +16,8 @@ import pytest
 
 from alexnet_tf import console
 
+pytestmark = pytest.mark.onednn  # CI runs these again with TF_ENABLE_ONEDNN_OPTS flipped
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PROBE = """

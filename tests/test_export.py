@@ -259,6 +259,7 @@ def _real_validation_jpegs(shared_data) -> list[bytes]:
     return [path.read_bytes() for path in sorted((shared_data / "imagenet-sample" / "val").glob("*.JPEG"))]
 
 
+@pytest.mark.onednn
 def test_bfloat16_copy_stores_weights_in_bfloat16_and_outputs_float32(run):
     copy = export.bfloat16_copy(run.model)
     assert {weight.dtype for weight in copy.weights} == {"bfloat16"}
@@ -301,6 +302,7 @@ def test_bfloat16_export_signatures_weights_and_graph(export_dir, bfloat16_expor
                       "LRN": {tf.float32.as_datatype_enum}}
 
 
+@pytest.mark.onednn
 def test_bfloat16_export_agrees_with_float32(shared_data, run, export_dir, bfloat16_export_dir):
     images = list(run.val_images) + _real_validation_jpegs(shared_data)
     outputs = {}
@@ -397,3 +399,33 @@ def test_command_lines_export_in_bfloat16(run, tmp_path):
                             "--export_precision=float16"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert wrong.returncode != 0 and "--export_precision='float16'" in wrong.stderr
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.onednn
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_run_exports_a_float32_graph(run, tmp_path, policy):
+    """The float32 export of a model built under a mixed policy computes in float32, like the float32 model."""
+    import keras
+
+    from alexnet_tf import model as model_lib
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = model_lib.build_from_config(run.config.replace(precision=policy))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    mixed.set_weights(run.model.get_weights())
+    assert not export.computes_in_float32(mixed)
+    directory = export.export_saved_model(mixed, str(tmp_path / "1"), run.config.replace(precision=policy),
+                                          run.stats, run.wnids, run.names)
+    nodes = _graph_ops(directory)
+    # A type attribute at its default (float32 for these ops) is left out of the saved graph.
+    dtypes = {node.attr["T"].type or tf.float32.as_datatype_enum for node in nodes if node.op in ("Conv2D", "MatMul")}
+    assert dtypes == {tf.float32.as_datatype_enum}, dtypes
+    images = tf.random.normal([4, run.config.input_size, run.config.input_size, 3], stddev=50.0, seed=2)
+    served = tf.saved_model.load(directory).signatures[export.FLOAT_SIGNATURE](**{export.FLOAT_INPUT: images})
+    np.testing.assert_allclose(served["prob"].numpy(), run.model(images, training=False).numpy(), atol=1e-5)
+    # The mixed model itself does compute in half precision: the export is not trivially equal.
+    assert not np.allclose(mixed(images, training=False).numpy(), run.model(images, training=False).numpy(),
+                           atol=1e-5, rtol=0)

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from alexnet_tf.layers import LocalResponseNormalization, TowerConv2D
 
+pytestmark = pytest.mark.onednn  # CI runs these again with TF_ENABLE_ONEDNN_OPTS flipped
+
 
 def lrn_reference(a: np.ndarray, n=5, k=2.0, alpha=1e-4, beta=0.75) -> np.ndarray:
     """Section 3.3 written out: the sum runs over max(0, i - n/2) .. min(N - 1, i + n/2)."""
