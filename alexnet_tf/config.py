@@ -10,6 +10,14 @@ import dataclasses
 import json
 from typing import Any
 
+# Conventions a network's weights were trained with (section 3.3's LRN, the input's channel order,
+# where the mean comes from, how images were brought to image_size). The paper's are the
+# defaults; imported Caffe weights carry Caffe's (caffe.py). Each enumeration is defined here once.
+LRN_ALPHA_CONVENTIONS = ("paper", "caffe")  # alpha times the sum of squares / alpha / n times it
+CHANNEL_ORDERS = ("rgb", "bgr")
+MEAN_SOURCES = ("data", "caffe")  # the converter's training-set statistics / Caffe's ILSVRC-2012 mean
+RESIZE_MODES = ("crop", "squash")  # shorter side then the central square / both sides, aspect not kept
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -28,11 +36,22 @@ class Config:
     overlapping_pooling: bool = True  # 3x3/2 pooling (section 3.4); off: 2x2/2, the same sizes
     conv_width: float = 1.0  # multiplies the convolutions' channels only; 0.5 with towers=1 is 3.2's one-GPU net
     batch_norm: bool = False  # not in the paper (off there): batch normalisation before each conv's ReLU
+    # LRN constants (section 3.3: k = 2, alpha = 1e-4 on the plain sum). Caffe's bvlc_alexnet: k = 1 and
+    # alpha = 1e-4 divided by n = 5 ("caffe" convention).
+    lrn_k: float = 2.0
+    lrn_alpha: float = 1e-4
+    lrn_alpha_convention: str = "paper"  # one of LRN_ALPHA_CONVENTIONS
+    # The channel order conv1's weights were trained on. Imported BGR kernels are flipped to RGB, so the
+    # model's input is RGB whatever this says; it records where the weights came from.
+    channel_order: str = "rgb"  # one of CHANNEL_ORDERS
 
     # Data (sections 2 and 4).
     data_dir: str = ""  # the converter's output: shards, manifest and statistics
     image_size: int = 256  # shorter side rescaled to this, then the central square
     mean_subtraction: str = "image"  # "image" (the paper's mean image) or "channel"
+    mean_source: str = "data"  # one of MEAN_SOURCES; "caffe" with "image" needs mean_file
+    mean_file: str = ""  # Caffe's mean image (.binaryproto), with mean_source="caffe"
+    resize_mode: str = "crop"  # one of RESIZE_MODES: the paper's (section 2), or Caffe's squash to 256x256
     pca_std: float = 0.1  # std of the PCA colour noise coefficients; 0 turns it off
     label_offset: int = 0  # 1 for shards written with 1-based labels
     shuffle_buffer: int = 10_000
@@ -65,6 +84,28 @@ class Config:
 
     # Serving export (export.py).
     export_precision: str = "float32"  # "float32" or "bfloat16" (weights stored in bfloat16)
+
+    def __post_init__(self) -> None:
+        self._check_conventions()
+
+    def _check_conventions(self) -> None:
+        """Refuses a convention field outside its enumeration, naming the field and the choices."""
+        choices = {
+            "lrn_alpha_convention": LRN_ALPHA_CONVENTIONS,
+            "channel_order": CHANNEL_ORDERS,
+            "mean_source": MEAN_SOURCES,
+            "resize_mode": RESIZE_MODES,
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        if self.lrn_k < 0 or self.lrn_alpha < 0:
+            raise ValueError(f"lrn_k and lrn_alpha must not be negative, got {self.lrn_k} and {self.lrn_alpha}")
+        if self.mean_file and self.mean_source != "caffe":
+            raise ValueError(f"mean_file={self.mean_file!r} is Caffe's mean image: set mean_source='caffe' too")
+        if self.mean_source == "caffe" and self.mean_subtraction == "image" and not self.mean_file:
+            raise ValueError("mean_source='caffe' with mean_subtraction='image' needs mean_file (Caffe's "
+                             "imagenet_mean.binaryproto); or use mean_subtraction='channel' for its per-channel mean")
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""

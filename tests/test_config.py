@@ -22,8 +22,14 @@ PAPER_RECIPE = {
     "overlapping_pooling": True,  # section 3.4: z = 3, s = 2
     "conv_width": 1.0,  # section 3.5: 96, 256, 384, 384, 256 kernels
     "batch_norm": False,  # not in the paper (2012 predates it): no normalisation but LRN
+    "lrn_k": 2.0,  # section 3.3
+    "lrn_alpha": 1e-4,  # section 3.3, multiplying the plain sum of squares
+    "lrn_alpha_convention": "paper",
+    "channel_order": "rgb",  # the project's pipeline decodes RGB
     "image_size": 256,  # section 2
     "mean_subtraction": "image",  # section 2: the mean activity over the training set, per pixel
+    "mean_source": "data",  # section 2: computed over the training set
+    "resize_mode": "crop",  # section 2: the shorter side rescaled, then the central square
     "pca_std": 0.1,  # section 4.1
     "label_offset": 0,
     "batch_size": 128,  # section 5
@@ -76,5 +82,30 @@ def test_paper_plateau_rule_divides_by_ten_three_times():
 def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
-                    "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps"}
+                    "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps",
+                    "mean_file"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"lrn_alpha_convention": "torch"}, "lrn_alpha_convention must be one of"),
+        ({"channel_order": "rgba"}, "channel_order must be one of"),
+        ({"mean_source": "imagenet"}, "mean_source must be one of"),
+        ({"resize_mode": "pad"}, "resize_mode must be one of"),
+        ({"lrn_k": -1.0}, "must not be negative"),
+        ({"mean_file": "imagenet_mean.binaryproto"}, "set mean_source='caffe'"),
+        ({"mean_source": "caffe"}, "needs mean_file"),
+    ],
+)
+def test_conventions_are_checked(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("paper", **overrides)
+
+
+def test_caffe_conventions_round_trip():
+    config = get_config("paper", lrn_k=1.0, lrn_alpha_convention="caffe", channel_order="bgr", mean_source="caffe",
+                        mean_subtraction="channel", resize_mode="squash")
+    assert Config.from_json(config.to_json()) == config
+    assert get_config("paper", mean_source="caffe", mean_file="mean.binaryproto").mean_file == "mean.binaryproto"
