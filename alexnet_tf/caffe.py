@@ -7,26 +7,30 @@ fields (``reference_config``): LRN with k = 1 and alpha divided by n, BGR inputs
 subtracted, images squashed to 256x256 before the 227 crop, no PCA lighting. conv1's BGR kernels
 are flipped on import, so the model takes RGB like every other model of this project.
 
-Files are read without Caffe: the protobuf wire format is decoded here from the field numbers of
-Caffe's ``caffe.proto`` (both the legacy ``NetParameter.layers`` of ``V1LayerParameter`` and the
-current ``layer`` of ``LayerParameter``), and the community ``.npy`` (a pickled dict, TensorFlow
-layout) is unpickled by an unpickler that builds NumPy arrays, lists and dicts only.
-docs/reference-weights.md describes the formats and how to evaluate the real file.
+The files are read by ``caffe_files`` (no Caffe, no dependency beyond NumPy); this module checks
+them against AlexNet, maps them onto the paper network and builds it. docs/reference-weights.md
+describes the formats and how to evaluate the real file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from absl import logging
 
 from alexnet_tf import paths
+from alexnet_tf.caffe_files import (
+    CaffeLayer,
+    ReferenceWeightsError,
+    numbers,
+    read_binaryproto_mean,
+    read_caffemodel,
+    read_npy,
+)
 from alexnet_tf.config import Config, get_config
+from alexnet_tf.statistics import DatasetStatistics, imagenet_statistics
 
 # Caffe's ILSVRC-2012 mean (python/caffe/imagenet/ilsvrc_2012_mean.npy, averaged over its 256x256
 # pixels), in Caffe's BGR order on the 0-255 scale.
@@ -67,257 +71,11 @@ ALEXNET_ORDER = (
 )  # fmt: skip
 _ORDERED_TYPES = frozenset(ALEXNET_ORDER)
 
-# V1LayerParameter.LayerType (caffe.proto) of the layers read here.
-_V1_TYPES = {4: "Convolution", 14: "InnerProduct", 15: "LRN", 17: "Pooling", 18: "ReLU", 6: "Dropout", 20: "Softmax"}
-# Field numbers: (name, type, blobs, convolution_param, inner_product_param, lrn_param, pooling_param).
-_V1_FIELDS = {"name": 4, "type": 5, "blobs": 6, "conv": 10, "ip": 17, "lrn": 18, "pool": 19}
-_V2_FIELDS = {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}
-_NET_LAYERS_V1, _NET_LAYER_V2 = 2, 100
-
-
-class ReferenceWeightsError(ValueError):
-    """A weights file that is not BVLC's AlexNet, or not a readable one."""
-
-
-@dataclasses.dataclass
-class CaffeLayer:
-    """One layer of a ``.caffemodel``: its type, settings and blobs in Caffe's layout."""
-
-    name: str
-    type: str
-    blobs: list[np.ndarray]
-    params: dict[str, dict[int, list]]  # "conv", "ip", "lrn", "pool": field number -> values
-
-
-# --- The protobuf wire format (developers.google.com/protocol-buffers/docs/encoding) ---
-
-
-class _TruncatedError(Exception):
-    pass
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise _TruncatedError
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value): an int for varints, a memoryview otherwise."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 2, 5):
-            if wire == 2:
-                size, pos = _varint(buf, pos)
-            else:
-                size = 8 if wire == 1 else 4
-            if pos + size > len(buf):
-                raise _TruncatedError
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise ReferenceWeightsError(f"wire type {wire} of field {field} is not protobuf's: not a .caffemodel")
-        yield field, wire, value
-
-
-def _grouped(buf: memoryview) -> dict[int, list[tuple[int, Any]]]:
-    groups: dict[int, list[tuple[int, Any]]] = {}
-    for field, wire, value in _fields(buf):
-        groups.setdefault(field, []).append((wire, value))
-    return groups
-
-
-def _numbers(entries: list[tuple[int, Any]], kind: str) -> list:
-    """Values of a scalar field, packed or not: kind "u" (varint), "f" (float), "d" (double)."""
-    values: list = []
-    for wire, value in entries:
-        if wire == 0:
-            values.append(value)
-        elif wire in (1, 5):
-            values.extend(np.frombuffer(value, "<f8" if wire == 1 else "<f4").tolist())
-        elif kind == "u":
-            inner = memoryview(value)
-            pos = 0
-            while pos < len(inner):
-                number, pos = _varint(inner, pos)
-                values.append(number)
-        else:
-            values.extend(np.frombuffer(value, "<f8" if kind == "d" else "<f4").tolist())
-    return values
-
-
-def _text(entries: list[tuple[int, Any]]) -> str:
-    return bytes(entries[-1][1]).decode("utf-8", "replace")
-
-
-def _blob(buf: memoryview, where: str) -> np.ndarray:
-    """A BlobProto as an array: ``shape`` (field 7) or the legacy num/channels/height/width (1-4)."""
-    fields = _grouped(buf)
-    if 7 in fields:
-        shape = tuple(_numbers(_grouped(fields[7][-1][1]).get(1, []), "u"))
-    else:
-        shape = tuple(_numbers(fields.get(n, [(0, 0)]), "u")[-1] for n in (1, 2, 3, 4))
-    if 5 in fields:
-        chunks = [np.frombuffer(value, "<f4") for wire, value in fields[5]]
-    else:
-        chunks = [np.frombuffer(value, "<f8").astype(np.float32) for wire, value in fields.get(8, [])]
-    data = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
-    if data.size != int(np.prod(shape)):
-        raise ReferenceWeightsError(f"{where}: a blob of shape {shape} holds {data.size} values")
-    return data.reshape(shape).astype(np.float32)
-
-
-def _layer(buf: memoryview, legacy: bool, index: int) -> CaffeLayer:
-    numbers = _V1_FIELDS if legacy else _V2_FIELDS
-    fields = _grouped(buf)
-    if legacy and 1 in fields:
-        raise ReferenceWeightsError(
-            "the file is in Caffe's V0 layer format: upgrade it with Caffe's tools/upgrade_net_proto_binary"
-        )
-    name = _text(fields[numbers["name"]]) if numbers["name"] in fields else f"#{index}"
-    if legacy:
-        code = fields.get(numbers["type"], [(0, 0)])[-1][1]
-        kind = _V1_TYPES.get(code, f"V1 type {code}")
-    else:
-        kind = _text(fields[numbers["type"]]) if numbers["type"] in fields else ""
-    where = f"layer {name!r}"
-    blobs = [_blob(value, where) for _, value in fields.get(numbers["blobs"], [])]
-    params = {
-        key: _grouped(fields[numbers[key]][-1][1]) for key in ("conv", "ip", "lrn", "pool") if numbers[key] in fields
-    }
-    return CaffeLayer(name, kind, blobs, params)
-
-
-def _truncated_layer_name(buf: memoryview, legacy: bool) -> str:
-    """The name of a layer the file ends inside, read from the bytes that are there."""
-    number = (_V1_FIELDS if legacy else _V2_FIELDS)["name"]
-    try:
-        for field, wire, value in _fields(buf):
-            if field == number and wire == 2:
-                return bytes(value).decode("utf-8", "replace")
-    except _TruncatedError:
-        pass
-    return "?"
-
-
-def read_caffemodel(path: str, data: bytes | None = None) -> list[CaffeLayer]:
-    """The layers of a ``.caffemodel`` (a binary ``NetParameter``) in file order, legacy or current.
-
-    Args:
-      path: the file, read unless ``data`` holds its bytes already.
-      data: the file's bytes.
-    """
-    buf = memoryview(paths.read_bytes(path) if data is None else data)
-    layers: list[CaffeLayer] = []
-    pos = 0
-    try:
-        while pos < len(buf):
-            key, pos = _varint(buf, pos)
-            field, wire = key >> 3, key & 7
-            if wire not in (0, 1, 2, 5):
-                raise ReferenceWeightsError(f"{path}: not a .caffemodel (wire type {wire} at byte {pos})")
-            if wire != 2:
-                _, pos = _varint(buf, pos) if wire == 0 else (None, pos + (8 if wire == 1 else 4))
-                continue
-            size, pos = _varint(buf, pos)
-            if field in (_NET_LAYERS_V1, _NET_LAYER_V2) and pos + size > len(buf):
-                legacy = field == _NET_LAYERS_V1
-                name = _truncated_layer_name(buf[pos:], legacy)
-                raise ReferenceWeightsError(
-                    f"{path} is truncated: it ends inside layer {name!r} (layer {len(layers) + 1}), "
-                    f"{len(buf) - pos:,} of its {size:,} bytes present; download the file again"
-                )
-            if field in (_NET_LAYERS_V1, _NET_LAYER_V2):
-                layers.append(_layer(buf[pos:pos + size], field == _NET_LAYERS_V1, len(layers) + 1))
-            pos += size
-    except _TruncatedError:
-        raise ReferenceWeightsError(f"{path} is truncated or not a .caffemodel (after {len(layers)} layers)") from None
-    if not layers:
-        raise ReferenceWeightsError(f"{path}: no layers (neither NetParameter.layers nor .layer): not a .caffemodel")
-    return layers
-
-
-def read_binaryproto_mean(path: str) -> np.ndarray:
-    """Caffe's mean image (a BlobProto, (1, 3, H, W) BGR) as (H, W, 3) RGB float32."""
-    blob = _blob(memoryview(paths.read_bytes(path)), path)
-    if blob.ndim == 4 and blob.shape[0] == 1:
-        blob = blob[0]
-    if blob.ndim != 3 or blob.shape[0] != 3:
-        raise ReferenceWeightsError(f"{path}: a mean image has shape (1, 3, H, W), found {blob.shape}")
-    return np.ascontiguousarray(blob[::-1].transpose(1, 2, 0))
-
-
-# --- The community .npy ---
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Rebuilds NumPy arrays, lists and dicts; any other class in the pickle is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise ReferenceWeightsError(
-                f"the pickle asks for {module}.{name}; a weights file holds only NumPy arrays, lists and dicts, "
-                "so it is not unpickled"
-            )
-        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
-
-
-def read_npy(path: str, data: bytes | None = None) -> dict[str, list[np.ndarray]]:
-    """A caffe-tensorflow ``.npy``: {name: [weights, biases]} (or {name: {"weights", "biases"}}).
-
-    Args:
-      path: the file, read unless ``data`` holds its bytes already.
-      data: the file's bytes.
-    """
-    stream = io.BytesIO(paths.read_bytes(path) if data is None else data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        header = read_header(stream, max_header_size=1 << 20)  # (shape, fortran order, dtype)
-    except ValueError as e:
-        raise ReferenceWeightsError(f"{path}: not a .npy file ({e})") from e
-    if header[2] != np.dtype(object):
-        raise ReferenceWeightsError(f"{path}: a {header[2]} array of shape {header[0]}, not a pickled dict of layers")
-    try:
-        content = _ArraysOnly(stream, encoding="latin1").load()
-    except ReferenceWeightsError as e:
-        raise ReferenceWeightsError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ReferenceWeightsError(f"{path} is truncated or damaged: {e}") from e
-    content = content.item() if isinstance(content, np.ndarray) and content.shape == () else content
-    if not isinstance(content, dict):
-        raise ReferenceWeightsError(f"{path}: holds a {type(content).__name__}, not a dict of layers")
-    layers = {}
-    for name, value in content.items():
-        key = name.decode("latin1") if isinstance(name, bytes) else str(name)
-        if isinstance(value, dict):
-            value = [value.get(k, value.get(k.encode())) for k in ("weights", "biases")]
-        layers[key] = [np.asarray(v, np.float32) for v in value]
-    return layers
-
-
 # --- The mapping onto the paper network ---
 
 
 def _setting(layer: CaffeLayer, param: str, number: int, default: int) -> int:
-    values = _numbers(layer.params[param].get(number, []), "u") if param in layer.params else []
+    values = numbers(layer.params[param].get(number, []), "u") if param in layer.params else []
     return values[0] if values else default
 
 
@@ -353,9 +111,9 @@ def _check_order(layers: list[CaffeLayer], path: str) -> None:
         if layer.type == "LRN" and "lrn" in layer.params:
             params = layer.params["lrn"]
             found = {"local_size": _setting(layer, "lrn", 1, 5), "norm_region": _setting(layer, "lrn", 4, 0),
-                     "alpha": (_numbers(params.get(2, []), "f") or [1.0])[0],
-                     "beta": (_numbers(params.get(3, []), "f") or [0.75])[0],
-                     "k": (_numbers(params.get(5, []), "f") or [1.0])[0]}
+                     "alpha": (numbers(params.get(2, []), "f") or [1.0])[0],
+                     "beta": (numbers(params.get(3, []), "f") or [0.75])[0],
+                     "k": (numbers(params.get(5, []), "f") or [1.0])[0]}
             for key, value in CAFFE_LRN.items():
                 if not np.isclose(found[key], value, rtol=1e-6):
                     raise ReferenceWeightsError(f"{path}: layer {layer.name!r}: lrn_param {key} {value} expected "
@@ -506,12 +264,34 @@ def load_reference_weights(path: str, include_top: bool = True, config: Config |
     return keras.Model(model.input, model.get_layer("fc7").output, name=f"{model.name}_fc7")
 
 
-def reference_statistics(mean_file: str = ""):
+def reference_statistics(mean_file: str = "") -> DatasetStatistics:
     """Caffe's mean as this project's statistics (RGB): the mean image from ``mean_file``, else per channel."""
-    from alexnet_tf.statistics import imagenet_statistics
 
     stats = imagenet_statistics()
     stats.mean_rgb = np.array(CAFFE_MEAN_BGR[::-1], np.float32)
     stats.mean_image = read_binaryproto_mean(mean_file) if mean_file else None
     stats.source = mean_file or "Caffe's ILSVRC-2012 per-channel mean"
     return stats
+
+
+def reference_evaluation(path: str, mean_file: str = "") -> tuple[Any, Config, DatasetStatistics]:
+    """The model, configuration and statistics that evaluate a reference file as Caffe did.
+
+    Args:
+      path: the ``.caffemodel`` or ``.npy``.
+      mean_file: Caffe's ``imagenet_mean.binaryproto``; without it, Caffe's per-channel mean.
+
+    Returns:
+      (model, config, stats) for ``evaluation.evaluate``: the centre 227 crop of the records'
+      256x256 images, Caffe's mean subtracted, RGB (conv1 flipped from BGR on import).
+    """
+    config = reference_config(mean_subtraction="image", mean_file=mean_file) if mean_file else reference_config()
+    stats = reference_statistics(mean_file)
+    model = load_reference_weights(path, config=config)
+    logging.info(
+        "Caffe's conventions: LRN k=%g, alpha=%g/%d; mean %s; RGB input (conv1 flipped from %s); images "
+        "resized by %s to %d then the central %d crop (records converted otherwise are evaluated as they are)",
+        config.lrn_k, config.lrn_alpha, CAFFE_LRN["local_size"], stats.source, config.channel_order.upper(),
+        config.resize_mode, config.image_size, config.input_size,
+    )
+    return model, config, stats

@@ -8,7 +8,10 @@ that read the full-size files are marked slow: together they take about a minute
 
 from __future__ import annotations
 
+import json
 import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -23,10 +26,11 @@ from caffe_reference import (
     write_npy,
 )
 from caffe_reference import caffe_forward as numpy_caffe_forward
+from conftest import ROOT
+from converted import ASSORTED
 
-from alexnet_tf import caffe, load_reference_weights
+from alexnet_tf import caffe, evaluation, load_reference_weights
 from alexnet_tf.layers import LocalResponseNormalization
-from alexnet_tf.records import SYNSETS_FILE
 
 # Keras layer -> Caffe blob, in the order the network computes them.
 BLOBS = {"conv1": "conv1", "lrn1": "norm1", "pool1": "pool1", "conv2": "conv2", "lrn2": "norm2",
@@ -161,7 +165,6 @@ def test_outputs_follow_bvlcs_class_order(shared_data):
     wnids = shipped.split()
     assert len(wnids) == 1000 and wnids == sorted(wnids)
     assert wnids == (shared_data / "metadata" / "imagenet_lsvrc_2015_synsets.txt").read_text().split()
-    assert SYNSETS_FILE  # the converter writes the same order beside its shards
 
 
 # --- Refusals ---
@@ -304,3 +307,23 @@ def test_mean_image_from_binaryproto_and_the_per_channel_mean(tmp_path):
     per_channel = caffe.reference_statistics()
     assert per_channel.mean_image is None
     np.testing.assert_allclose(per_channel.mean_rgb, (122.68, 116.67, 104.01), atol=0.01)
+
+
+@pytest.mark.slow
+def test_evaluate_py_runs_the_reference_weights(weight_files, converted, tmp_path):
+    """``evaluate.py --weights=FILE --data_dir=RECORDS --mean_file=MEAN``: Caffe's conventions, a report."""
+    mean = tmp_path / "imagenet_mean.binaryproto"
+    write_binaryproto_mean(str(mean), np.full((3, 256, 256), 110.0, np.float32))
+    report_dir = tmp_path / "report"
+    command = [sys.executable, str(ROOT / "evaluate.py"), f"--weights={weight_files['legacy.caffemodel']}",
+               f"--data_dir={converted(ASSORTED)}", f"--mean_file={mean}", f"--report_dir={report_dir}",
+               "--noten_crop", "--batch_size=8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Caffe's conventions: LRN k=1, alpha=0.0001/5" in result.stderr
+    report = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    assert report["num_classes"] == 1000 and report["statistics"] == str(mean)
+    assert 0.0 <= report["center_crop"]["top1_error"] <= 1.0
+    usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--mean_file={mean}", "--saved_model=x"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert usage.returncode != 0 and "--mean_file is Caffe's mean image: it goes with --weights" in usage.stderr
