@@ -79,7 +79,7 @@ def _setting(layer: CaffeLayer, param: str, number: int, default: int) -> int:
     return values[0] if values else default
 
 
-def _check_settings(layer: CaffeLayer, expected: _Expected) -> None:
+def _check_settings(layer: CaffeLayer, expected: _Expected, path: str) -> None:
     if layer.type == "Convolution" and "conv" in layer.params:
         found = {
             "kernel_size": _setting(layer, "conv", 4, _setting(layer, "conv", 11, 0)),
@@ -92,7 +92,8 @@ def _check_settings(layer: CaffeLayer, expected: _Expected) -> None:
         for key, value in wanted.items():
             if found[key] != value:
                 raise ReferenceWeightsError(
-                    f"layer {layer.name!r} (AlexNet's {expected.name}): {key} {value} expected, found {found[key]}"
+                    f"{path}: layer {layer.name!r} (AlexNet's {expected.name}): convolution_param {key} {value} "
+                    f"expected, found {found[key]}"
                 )
 
 
@@ -167,7 +168,7 @@ def caffe_to_keras(layers: list[CaffeLayer], path: str = "the file") -> dict[str
             raise _mismatch(path, layer.name, expected, "weights", expected.kernel, layer.blobs[0].shape)
         if bias.shape != (expected.kernel[0],):
             raise _mismatch(path, layer.name, expected, "biases", (expected.kernel[0],), layer.blobs[1].shape)
-        _check_settings(layer, expected)
+        _check_settings(layer, expected, path)
         if kernel.ndim == 4:
             kernel = kernel.transpose(2, 3, 1, 0)
         elif expected.name == "fc6":

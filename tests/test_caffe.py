@@ -223,6 +223,17 @@ def test_refuses_other_lrn_constants(weight_files, tmp_path):
         caffe.read_reference_weights(path)
 
 
+def test_refuses_other_convolution_settings(tmp_path):
+    weights = _zeros({"conv1": (96, 3, 11, 11)})
+    path = tmp_path / "stride.caffemodel"
+    data = write_caffemodel(str(path), weights, legacy=False, layers=[("conv1", "Convolution")])
+    net = CAFFE["NetParameter"].FromString(data)
+    net.layer[0].convolution_param.stride[0] = 2
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(caffe.ReferenceWeightsError, match=r"'conv1'.*convolution_param stride 4 expected, found 2"):
+        caffe.read_reference_weights(str(path))
+
+
 @pytest.mark.slow
 def test_refuses_truncated_files(weight_files, tmp_path):
     whole = weight_files["legacy.caffemodel"].read_bytes()
