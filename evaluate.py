@@ -4,6 +4,7 @@
   python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
   python evaluate.py --checkpoint=WORKDIR --export_dir=EXPORT_DIR --export_precision=bfloat16
   python evaluate.py --curves --checkpoint=WORKDIR   # WORKDIR/curves.png from the run's logs only
+  python evaluate.py --weights=bvlc_alexnet.caffemodel --data_dir=DATA [--mean_file=imagenet_mean.binaryproto]
 """
 
 from __future__ import annotations
@@ -41,23 +42,32 @@ flags.DEFINE_enum("export_precision", "float32", list(EXPORT_PRECISIONS),
 flags.DEFINE_bool("curves", False, "With --checkpoint=WORKDIR: draw WORKDIR/curves.png (loss and errors against "
                   "epochs) from the run's logs; evaluates too only when --report_dir, --data_dir, "
                   "--export_dir or --figures asks for it.")
+flags.DEFINE_string("weights", None, "BVLC AlexNet's .caffemodel or .npy, evaluated with Caffe's conventions "
+                    "(docs/reference-weights.md).")
+flags.DEFINE_string("mean_file", None, "With --weights: Caffe's mean image (.binaryproto); default its "
+                    "per-channel mean.")
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     del argv
-    if bool(FLAGS.checkpoint) == bool(FLAGS.saved_model):
-        raise app.UsageError("pass exactly one of --checkpoint and --saved_model")
+    if sum(bool(f) for f in (FLAGS.checkpoint, FLAGS.saved_model, FLAGS.weights)) != 1:
+        raise app.UsageError("pass exactly one of --checkpoint and --saved_model, or --weights alone")
+    if FLAGS.mean_file and not FLAGS.weights:
+        raise app.UsageError("--mean_file is Caffe's mean image: it goes with --weights")
     if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
     if FLAGS.export_dir and not FLAGS.checkpoint:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
-    for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets"):
+    for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets", "weights",
+                 "mean_file"):
         if FLAGS[flag].value:
             paths.check_supported(FLAGS[flag].value, f"--{flag}")
     for flag, what in (("checkpoint", "a training work directory or a .keras file"),
                        ("saved_model", "a directory written by the export (e.g. WORKDIR/saved_model/1)"),
-                       ("data_dir", "the converter's output directory"), ("synsets", "a file of wnids")):
+                       ("data_dir", "the converter's output directory"), ("synsets", "a file of wnids"),
+                       ("weights", "BVLC AlexNet's .caffemodel or .npy"),
+                       ("mean_file", "Caffe's imagenet_mean.binaryproto")):
         if FLAGS[flag].value and not paths.exists(FLAGS[flag].value):
             raise ConfigError(f"--{flag}={FLAGS[flag].value}: no such file or directory; pass {what}")
     if FLAGS.curves:
@@ -70,7 +80,12 @@ def main(argv: list[str]) -> None:
         if not (FLAGS.report_dir or FLAGS.data_dir or FLAGS.export_dir or FLAGS.figures):
             return
     strategy = None
-    if FLAGS.checkpoint:
+    stats = None
+    if FLAGS.weights:
+        from alexnet_tf import caffe
+
+        model, config, stats = caffe.reference_evaluation(FLAGS.weights, FLAGS.mean_file or "")
+    elif FLAGS.checkpoint:
         # The same strategy as training: the Keras model's variables are mirrored over the GPUs.
         strategy = distribute.make_strategy(FLAGS.num_gpus)
         with strategy.scope():
@@ -88,7 +103,7 @@ def main(argv: list[str]) -> None:
     labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
-    stats = workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
+    stats = stats or workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     if FLAGS.export_dir:
         wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),

@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from alexnet_tf.caffe import load_reference_weights
     from alexnet_tf.config import Config, get_config
     from alexnet_tf.layers import LocalResponseNormalization, TowerConv2D
     from alexnet_tf.model import build_alexnet
@@ -18,8 +19,17 @@ _PUBLIC = {
     "TowerConv2D": "alexnet_tf.layers",
     "build_alexnet": "alexnet_tf.model",
     "PaperSGD": "alexnet_tf.optimizer",
+    "load_reference_weights": "alexnet_tf.caffe",
 }
-__all__ = ["Config", "LocalResponseNormalization", "PaperSGD", "TowerConv2D", "build_alexnet", "get_config"]
+__all__ = [
+    "Config",
+    "LocalResponseNormalization",
+    "PaperSGD",
+    "TowerConv2D",
+    "build_alexnet",
+    "get_config",
+    "load_reference_weights",
+]
 
 
 def __getattr__(name: str) -> Any:

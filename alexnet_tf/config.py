@@ -26,6 +26,13 @@ LR_SCHEDULE_FORMS = "'plateau' or 'step:E1,E2,...' with increasing epochs, e.g. 
 # conv1 (11, stride 4) and three poolings must leave pool5 at least one pixel wide: the smallest
 # input for 3x3/2 pooling, and for the 2x2/2 pooling of the ablation (model.feature_map_sizes).
 SMALLEST_INPUT = {True: 67, False: 39}
+# Conventions a network's weights were trained with (section 3.3's LRN, the input's channel order,
+# where the mean comes from, how images were brought to image_size). The paper's are the
+# defaults; imported Caffe weights carry Caffe's (caffe.py). Each enumeration is defined here once.
+LRN_ALPHA_CONVENTIONS = ("paper", "caffe")  # alpha times the sum of squares / alpha / n times it
+CHANNEL_ORDERS = ("rgb", "bgr")
+MEAN_SOURCES = ("data", "caffe")  # the converter's training-set statistics / Caffe's ILSVRC-2012 mean
+RESIZE_MODES = ("crop", "squash")  # shorter side then the central square / both sides, aspect not kept
 
 
 class ConfigError(ValueError):
@@ -53,11 +60,22 @@ class Config:
     overlapping_pooling: bool = True  # 3x3/2 pooling (section 3.4); off: 2x2/2, the same sizes
     conv_width: float = 1.0  # multiplies the convolutions' channels only; 0.5 with towers=1 is 3.2's one-GPU net
     batch_norm: bool = False  # not in the paper (off there): batch normalisation before each conv's ReLU
+    # LRN constants (section 3.3: k = 2, alpha = 1e-4 on the plain sum). Caffe's bvlc_alexnet: k = 1 and
+    # alpha = 1e-4 divided by n = 5 ("caffe" convention).
+    lrn_k: float = 2.0
+    lrn_alpha: float = 1e-4
+    lrn_alpha_convention: str = "paper"  # one of LRN_ALPHA_CONVENTIONS
+    # The channel order conv1's weights were trained on. Imported BGR kernels are flipped to RGB, so the
+    # model's input is RGB whatever this says; it records where the weights came from.
+    channel_order: str = "rgb"  # one of CHANNEL_ORDERS
 
     # Data (sections 2 and 4).
     data_dir: str = ""  # the converter's output: shards, manifest and statistics
     image_size: int = 256  # shorter side rescaled to this, then the central square
     mean_subtraction: str = "image"  # "image" (the paper's mean image) or "channel"
+    mean_source: str = "data"  # one of MEAN_SOURCES; "caffe" with "image" needs mean_file
+    mean_file: str = ""  # Caffe's mean image (.binaryproto), with mean_source="caffe"
+    resize_mode: str = "crop"  # one of RESIZE_MODES: the paper's (section 2), or Caffe's squash to 256x256
     pca_std: float = 0.1  # std of the PCA colour noise coefficients; 0 turns it off
     label_offset: int = 0  # 1 for shards written with 1-based labels
     shuffle_buffer: int = 10_000
@@ -246,3 +264,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("--deterministic and --jit_compile (on in the imagenette preset): XLA has no "
                           "deterministic max-pool gradient; choose one (--nojit_compile for a deterministic run)")
     _choose("export_precision", c.export_precision, EXPORT_PRECISIONS)
+    # The conventions the weights were trained with (the paper's, or imported Caffe weights').
+    _choose("lrn_alpha_convention", c.lrn_alpha_convention, LRN_ALPHA_CONVENTIONS)
+    _choose("channel_order", c.channel_order, CHANNEL_ORDERS)
+    _choose("mean_source", c.mean_source, MEAN_SOURCES)
+    _choose("resize_mode", c.resize_mode, RESIZE_MODES)
+    _require(c.lrn_k >= 0, "lrn_k", c.lrn_k, "must not be negative (2 in the paper, 1 in Caffe)")
+    _require(c.lrn_alpha >= 0, "lrn_alpha", c.lrn_alpha, "must not be negative (1e-4 in the paper and in Caffe)")
+    if c.mean_file and c.mean_source != "caffe":
+        raise ConfigError(f"--mean_file={c.mean_file!r} is Caffe's mean image: pass --mean_source=caffe too")
+    if c.mean_source == "caffe" and c.mean_subtraction == "image" and not c.mean_file:
+        raise ConfigError("--mean_source=caffe with --mean_subtraction=image needs --mean_file (Caffe's "
+                          "imagenet_mean.binaryproto); or --mean_subtraction=channel for its per-channel mean")

@@ -8,6 +8,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from alexnet_tf.config import LRN_ALPHA_CONVENTIONS
+
 # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
 LRN_K = 2.0
 LRN_N = 5
@@ -21,11 +23,13 @@ class LocalResponseNormalization(keras.layers.Layer):
 
         b[x, y, i] = a[x, y, i] / (k + alpha * sum_{j = max(0, i - n/2)}^{min(N - 1, i + n/2)} a[x, y, j]^2) ^ beta
 
-    with the paper's k = 2, n = 5, alpha = 1e-4, beta = 0.75 as defaults. ``alpha`` multiplies
-    the plain sum of squares, as in the paper. Caffe's ``LRN`` layer and
-    ``torch.nn.LocalResponseNorm`` divide alpha by n, so the paper's setting there is
-    ``local_size=5, alpha=5e-4, k=2, beta=0.75`` (Caffe) and
-    ``LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)`` (torch).
+    with the paper's k = 2, n = 5, alpha = 1e-4, beta = 0.75 as defaults. With
+    ``convention="paper"`` ``alpha`` multiplies the plain sum of squares, as in the paper. Caffe's
+    ``LRN`` layer and ``torch.nn.LocalResponseNorm`` divide alpha by n, so the paper's setting there
+    is ``local_size=5, alpha=5e-4, k=2, beta=0.75`` (Caffe) and
+    ``LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)`` (torch); ``convention="caffe"``
+    takes alpha as those do, so a layer imported from Caffe keeps the file's numbers (bvlc_alexnet:
+    ``k=1, alpha=1e-4, convention="caffe"``).
 
     Computed by ``tf.nn.local_response_normalization`` (``depth_radius = n // 2``) in float32
     whatever the input dtype, and cast back: there is no bfloat16 CPU kernel, and the float16 one
@@ -36,35 +40,53 @@ class LocalResponseNormalization(keras.layers.Layer):
     Args:
       size: n, the number of adjacent channels summed over (odd).
       k: the additive constant.
-      alpha: the scale of the sum of squares (not divided by ``size``).
+      alpha: the scale of the sum of squares ("paper"), or that scale times ``size`` ("caffe").
       beta: the exponent.
+      convention: "paper" or "caffe", how ``alpha`` is read.
     """
 
     def __init__(
-        self, size: int = LRN_N, k: float = LRN_K, alpha: float = LRN_ALPHA, beta: float = LRN_BETA, **kwargs
+        self,
+        size: int = LRN_N,
+        k: float = LRN_K,
+        alpha: float = LRN_ALPHA,
+        beta: float = LRN_BETA,
+        convention: str = "paper",
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if size < 1 or size % 2 != 1:
             raise ValueError(f"LocalResponseNormalization: size must be a positive odd number, got {size}")
+        if convention not in LRN_ALPHA_CONVENTIONS:
+            raise ValueError(
+                f"LocalResponseNormalization: convention must be one of {LRN_ALPHA_CONVENTIONS}, got {convention!r}"
+            )
         self.size = int(size)
         self.k = float(k)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.convention = convention
 
     def call(self, inputs):
         x = inputs
         if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
-        y = tf.nn.local_response_normalization(
-            x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha, beta=self.beta
-        )
+        alpha = self.alpha / self.size if self.convention == "caffe" else self.alpha
+        y = tf.nn.local_response_normalization(x, depth_radius=self.size // 2, bias=self.k, alpha=alpha, beta=self.beta)
         return tf.cast(y, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "size": self.size, "k": self.k, "alpha": self.alpha, "beta": self.beta}
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "k": self.k,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "convention": self.convention,
+        }
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")

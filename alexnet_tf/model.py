@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from alexnet_tf.config import check_model
-from alexnet_tf.layers import LocalResponseNormalization, ReplicaDropout, TowerConv2D
+from alexnet_tf.layers import LRN_ALPHA, LRN_K, LocalResponseNormalization, ReplicaDropout, TowerConv2D
 
 PAPER_INPUT_SIZE = 227
 WEIGHT_STDDEV = 0.01  # section 5: weights from N(0, 0.01)
@@ -52,6 +52,9 @@ def build_alexnet(
     overlapping_pooling: bool = True,
     conv_width: float = 1.0,
     batch_norm: bool = False,
+    lrn_k: float = LRN_K,
+    lrn_alpha: float = LRN_ALPHA,
+    lrn_alpha_convention: str = "paper",
     seed: int | None = None,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -93,6 +96,9 @@ def build_alexnet(
         after each convolution, before its ReLU; the convolutions then have no biases, and
         ``bias_init`` applies to fc6 and fc7 only. Each replica normalises by its own share of
         the batch; the trainer keeps the moving statistics equal across replicas.
+      lrn_k: LRN's additive constant (section 3.3: 2; Caffe's bvlc_alexnet: 1).
+      lrn_alpha: LRN's alpha, read by ``lrn_alpha_convention``.
+      lrn_alpha_convention: "paper" (alpha times the sum of squares) or "caffe" (alpha / 5 times it).
       seed: makes the initial weights reproducible.
       name: the model's name.
 
@@ -143,7 +149,9 @@ def build_alexnet(
         return keras.layers.MaxPooling2D(pool_size=window, strides=POOL_STRIDE, name=layer_name)(x)
 
     def normalise(x, layer_name):
-        return LocalResponseNormalization(name=layer_name)(x) if lrn else x
+        if not lrn:
+            return x
+        return LocalResponseNormalization(k=lrn_k, alpha=lrn_alpha, convention=lrn_alpha_convention, name=layer_name)(x)
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     x = inputs
@@ -184,5 +192,8 @@ def build_from_config(config, seed: int | None = None) -> keras.Model:
         overlapping_pooling=config.overlapping_pooling,
         conv_width=config.conv_width,
         batch_norm=config.batch_norm,
+        lrn_k=config.lrn_k,
+        lrn_alpha=config.lrn_alpha,
+        lrn_alpha_convention=config.lrn_alpha_convention,
         seed=seed,
     )

@@ -24,8 +24,14 @@ PAPER_RECIPE = {
     "overlapping_pooling": True,  # section 3.4: z = 3, s = 2
     "conv_width": 1.0,  # section 3.5: 96, 256, 384, 384, 256 kernels
     "batch_norm": False,  # not in the paper (2012 predates it): no normalisation but LRN
+    "lrn_k": 2.0,  # section 3.3
+    "lrn_alpha": 1e-4,  # section 3.3, multiplying the plain sum of squares
+    "lrn_alpha_convention": "paper",
+    "channel_order": "rgb",  # the project's pipeline decodes RGB
     "image_size": 256,  # section 2
     "mean_subtraction": "image",  # section 2: the mean activity over the training set, per pixel
+    "mean_source": "data",  # section 2: computed over the training set
+    "resize_mode": "crop",  # section 2: the shorter side rescaled, then the central square
     "pca_std": 0.1,  # section 4.1
     "label_offset": 0,
     "batch_size": 128,  # section 5
@@ -79,7 +85,7 @@ def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
                     "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps",
-                    "stall_warning_steps"}
+                    "stall_warning_steps", "mean_file"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
 
 
@@ -117,6 +123,14 @@ BROKEN = [
     (dict(profile_steps="5,2"), "--profile_steps='5,2'"),
     (dict(deterministic=True, jit_compile=True), "--nojit_compile for a deterministic run"),
     (dict(export_precision="float16"), "--export_precision='float16': choose one of float32, bfloat16"),
+    (dict(lrn_alpha_convention="torch"), "--lrn_alpha_convention='torch': choose one of paper, caffe"),
+    (dict(channel_order="rgba"), "--channel_order='rgba': choose one of rgb, bgr"),
+    (dict(mean_source="imagenet"), "--mean_source='imagenet': choose one of data, caffe"),
+    (dict(resize_mode="pad"), "--resize_mode='pad': choose one of crop, squash"),
+    (dict(lrn_k=-1.0), "--lrn_k=-1.0: must not be negative"),
+    (dict(lrn_alpha=-1.0), "--lrn_alpha=-1.0: must not be negative"),
+    (dict(mean_file="imagenet_mean.binaryproto"), "pass --mean_source=caffe too"),
+    (dict(mean_source="caffe"), "needs --mean_file"),
 ]
 
 
@@ -148,3 +162,10 @@ def test_the_model_rules_are_the_networks():
     with pytest.raises(ConfigError) as raised:  # build_alexnet's arguments obey the same rules
         model_lib.build_alexnet(towers=0)
     assert raised.traceback[-1].path.name == "config.py"
+
+
+def test_caffe_conventions_round_trip():
+    config = get_config("paper", lrn_k=1.0, lrn_alpha_convention="caffe", channel_order="bgr", mean_source="caffe",
+                        mean_subtraction="channel", resize_mode="squash")
+    assert Config.from_json(config.to_json()) == config
+    assert get_config("paper", mean_source="caffe", mean_file="mean.binaryproto").mean_file == "mean.binaryproto"

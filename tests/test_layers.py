@@ -105,10 +105,22 @@ def test_lrn_rejects_even_size():
 
 
 def test_lrn_serializes():
-    layer = LocalResponseNormalization(size=3, k=1.0, alpha=2e-4, beta=0.5, name="lrn")
+    layer = LocalResponseNormalization(size=3, k=1.0, alpha=2e-4, beta=0.5, convention="caffe", name="lrn")
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(clone, LocalResponseNormalization)
-    assert (clone.size, clone.k, clone.alpha, clone.beta, clone.name) == (3, 1.0, 2e-4, 0.5, "lrn")
+    assert (clone.size, clone.k, clone.alpha, clone.beta, clone.convention, clone.name) == (
+        3, 1.0, 2e-4, 0.5, "caffe", "lrn")
+
+
+def test_lrn_caffe_convention_divides_alpha_by_size():
+    """Caffe's LRN (lrn_layer.cpp): x / (k + alpha / n * sum x^2) ^ beta, bvlc_alexnet's k = 1, alpha = 1e-4."""
+    a = np.random.default_rng(3).uniform(0, 300, (2, 4, 4, 9)).astype(np.float32)
+    got = LocalResponseNormalization(k=1.0, alpha=1e-4, convention="caffe")(a).numpy()
+    np.testing.assert_allclose(got, lrn_reference(a, n=5, k=1.0, alpha=1e-4 / 5), rtol=1e-5)
+    paper = LocalResponseNormalization(k=1.0, alpha=1e-4)(a).numpy()
+    assert np.abs(paper - got).max() > 0.1 * np.abs(got).max()  # the two readings differ at these magnitudes
+    with pytest.raises(ValueError, match="convention must be one of"):
+        LocalResponseNormalization(convention="torch")
 
 
 @pytest.mark.parametrize("towers,kernel,stride,padding", [(2, 5, 1, "same"), (2, 3, 1, "same"), (4, 3, 2, "valid")])

@@ -329,6 +329,14 @@ def test_ablation_switches_reach_the_model_from_the_config():
     assert build_from_config(tiny.replace(dropout=0.0)).get_layer("dropout6").rate == 0.0
 
 
+def test_lrn_constants_reach_the_model_from_the_config():
+    caffe_lrn = get_config("tiny", lrn_k=1.0, lrn_alpha=1e-4, lrn_alpha_convention="caffe")
+    for name in ("lrn1", "lrn2"):
+        layer = build_from_config(caffe_lrn).get_layer(name)
+        assert (layer.size, layer.k, layer.alpha, layer.beta, layer.convention) == (5, 1.0, 1e-4, 0.75, "caffe")
+    assert build_from_config(get_config("tiny")).get_layer("lrn1").convention == "paper"
+
+
 def test_batch_norm_sits_between_each_convolution_and_its_relu():
     """--batch_norm (not the paper's; off in the paper preset, on in imagenette's): conv without bias, BN, ReLU."""
     tiny = get_config("tiny")
