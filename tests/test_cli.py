@@ -19,8 +19,6 @@ from converted import SHAPES
 
 from alexnet_tf import cli
 
-pytestmark = pytest.mark.onednn  # CI runs these again with TF_ENABLE_ONEDNN_OPTS flipped
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRAIN, EVALUATE, CONVERT = "train.py", "evaluate.py", "data_prep/build_tfrecords.py"
 # absl's prefix: level, date, time, thread, file:line.
@@ -82,6 +80,7 @@ def _foreign_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.slow  # two training processes: ~40 s on 2 cores
+@pytest.mark.onednn  # the console's quiet on either kind of CPU: CI runs it again with oneDNN flipped
 def test_sigterm_exits_75_and_the_same_command_resumes_on_a_quiet_console(converted, tmp_path):
     """A preempted run says "resume me" (75); the same command, again, finishes (0). No TensorFlow chatter."""
     data_dir = converted(SHAPES)
