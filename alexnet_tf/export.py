@@ -109,18 +109,28 @@ def bfloat16_copy(model: keras.Model) -> keras.Model:
     would not do: it keeps float32 variables and casts them on every call, which reads more
     memory, not less.
     """
-    output_layers = {tensor._keras_history.operation.name for tensor in model.outputs}
+    return dtype_copy(model, "bfloat16", keep_outputs_float32=True)
+
+
+def dtype_copy(model: keras.Model, dtype: str, keep_outputs_float32: bool = True) -> keras.Model:
+    """A copy of the functional ``model`` with every layer's dtype policy ``dtype`` and its weights cast.
+
+    With ``keep_outputs_float32`` the layers that produce the model's outputs stay float32.
+    ``dtype="float32"`` turns a mixed-precision model back into the float32 network (the LiteRT export).
+    """
+    output_layers = set()
+    if keep_outputs_float32:
+        output_layers = {tensor._keras_history.operation.name for tensor in model.outputs}
 
     def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
         layer_config = layer.get_config()
-        if layer.name not in output_layers:
-            layer_config["dtype"] = "bfloat16"
+        layer_config["dtype"] = "float32" if layer.name in output_layers else dtype
         return layer.__class__.from_config(layer_config)
 
     copy = keras.models.clone_model(model, clone_function=rebuild)
     for source, target in zip(model.layers, copy.layers, strict=True):
         if source.name != target.name or len(source.weights) != len(target.weights):
-            raise ValueError(f"bfloat16_copy: layer {source.name!r} was not cloned one to one")
+            raise ValueError(f"dtype_copy: layer {source.name!r} was not cloned one to one")
         for weight, copied in zip(source.weights, target.weights, strict=True):
             copied.assign(tf.cast(weight, copied.dtype))
     return copy
