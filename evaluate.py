@@ -3,6 +3,8 @@
   python evaluate.py --checkpoint=WORKDIR --data_dir=DATA --report_dir=REPORT [--figures]
   python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
   python evaluate.py --checkpoint=WORKDIR --export_dir=EXPORT_DIR --export_precision=bfloat16
+  python evaluate.py --checkpoint=WORKDIR --export_litert=MODEL.tflite   # int8 weights, any CPU
+  python evaluate.py --litert=MODEL.tflite --data_dir=DATA --report_dir=REPORT
   python evaluate.py --curves --checkpoint=WORKDIR   # WORKDIR/curves.png from the run's logs only
 """
 
@@ -20,7 +22,7 @@ console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import curves, distribute, evaluation, export, imagenet, paths, statistics  # noqa: E402
+from alexnet_tf import curves, distribute, evaluation, export, imagenet, litert, paths, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
 
@@ -37,6 +39,9 @@ flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for 
 flags.DEFINE_string("export_dir", None, "With --checkpoint: also write the serving SavedModel here (e.g. .../1).")
 flags.DEFINE_enum("export_precision", "float32", list(export.PRECISIONS),
                   "Weights of the --export_dir SavedModel: as trained, or stored in bfloat16.")
+flags.DEFINE_string("export_litert", None, "With --checkpoint: also write a LiteRT file with int8 weights here "
+                    "(MODEL.tflite, with MODEL.labels.txt and MODEL.json beside it).")
+flags.DEFINE_string("litert", None, "Evaluate a LiteRT file written by --export_litert (needs ai-edge-litert).")
 flags.DEFINE_bool("curves", False, "With --checkpoint=WORKDIR: draw WORKDIR/curves.png (loss and errors against "
                   "epochs) from the run's logs; evaluates too only when --report_dir, --data_dir, "
                   "--export_dir or --figures asks for it.")
@@ -45,13 +50,16 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
-    if bool(FLAGS.checkpoint) == bool(FLAGS.saved_model):
-        raise app.UsageError("pass exactly one of --checkpoint and --saved_model")
+    if bool(FLAGS.checkpoint) + bool(FLAGS.saved_model) + bool(FLAGS.litert) != 1:
+        raise app.UsageError("pass exactly one of --checkpoint and --saved_model (or --litert)")
+    if FLAGS.export_litert and not FLAGS.checkpoint:
+        raise app.UsageError("--export_litert needs --checkpoint (the Keras model to export)")
     if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
     if FLAGS.export_dir and not FLAGS.checkpoint:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
-    for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets"):
+    for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets", "export_litert",
+                 "litert"):
         if FLAGS[flag].value:
             try:
                 paths.check_supported(FLAGS[flag].value, f"--{flag}")
@@ -72,6 +80,8 @@ def main(argv: list[str]) -> None:
         strategy = distribute.make_strategy(FLAGS.num_gpus)
         with strategy.scope():
             model, config = workdir_lib.load_model(FLAGS.checkpoint)
+    elif FLAGS.litert:
+        model, config, litert_stats = litert.load_predictor(FLAGS.litert)
     else:
         model, config = export.load_predictor(FLAGS.saved_model)
     if FLAGS.batch_size:
@@ -85,11 +95,15 @@ def main(argv: list[str]) -> None:
     labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
-    stats = workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
+    stats = litert_stats if FLAGS.litert else workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)
     if FLAGS.export_dir:
         wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),
                                   wnids, export_names, precision=FLAGS.export_precision)
+    if FLAGS.export_litert:
+        wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
+        litert.export_litert(model, FLAGS.export_litert, config, stats or statistics.load_statistics(data_dir),
+                             wnids, export_names)
     report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,
                                  class_names=names, stats=stats)
     for view in ("center_crop", "ten_crop"):

@@ -10,6 +10,7 @@
 Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
 ``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``,
 ``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes.
+``--export_litert=MODEL.tflite`` also writes the trained model as a LiteRT file with int8 weights.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ console.reuse_cpu_memory()
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import distribute, export, imagenette, paths, synthetic_data, training  # noqa: E402
+from alexnet_tf import distribute, export, imagenette, paths, statistics, synthetic_data, training  # noqa: E402
 from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.converter import ConversionError  # noqa: E402
@@ -52,6 +53,8 @@ flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go (lo
 flags.DEFINE_string("imagenette_dir", None, "Imagenette JPEG folders (train/, val/); default: download")
 flags.DEFINE_bool("synthetic", False, "same as --dataset=synthetic")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (default all visible; 0 for the CPU)")
+flags.DEFINE_string("export_litert", None, "at the end, also write a LiteRT file with int8 weights here "
+                    "(MODEL.tflite; needs ai-edge-litert only to run it)")
 for _field in dataclasses.fields(config_lib.Config):
     _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                str: flags.DEFINE_string}[type(_field.default)]
@@ -69,6 +72,8 @@ def main(argv: list[str]) -> int:
     config = config_lib.get_config(preset, **overrides)
     if config.export_precision not in export.PRECISIONS:
         raise app.UsageError(f"--export_precision={config.export_precision!r}: choose one of {export.PRECISIONS}")
+    if FLAGS.export_litert and not FLAGS.export_litert.endswith(".tflite"):
+        raise app.UsageError(f"--export_litert={FLAGS.export_litert!r}: name a .tflite file")
     try:
         trainer_lib.check_label_smoothing(config.label_smoothing)
         training.check_settings(config)
@@ -102,8 +107,20 @@ def main(argv: list[str]) -> int:
     except training.NonFiniteLossError as e:
         logging.error("%s", e)
         return 1
+    if FLAGS.export_litert:
+        summary["litert"] = _export_litert(workdir, FLAGS.export_litert)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _export_litert(workdir: str, path: str) -> str:
+    """The finished run's model as a LiteRT file at ``path``, with the run's statistics and class names."""
+    from alexnet_tf import evaluation, litert
+
+    model, config = workdir_lib.load_model(workdir)
+    stats = workdir_lib.model_statistics(workdir) or statistics.load_statistics(config.data_dir)
+    wnids, names = evaluation.data_class_labels(config.num_classes, config.data_dir)
+    return paths.absolute(litert.export_litert(model, path, config, stats, wnids, names))
 
 
 if __name__ == "__main__":
