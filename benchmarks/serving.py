@@ -29,6 +29,8 @@ SavedModel's ``serve_images`` on the same crops in the same run.
 
   python benchmarks/serving.py [--shared_data=../shared/data] [--threads=4] [--requests=200]
   python benchmarks/serving.py --compare=F32_EXPORT,BF16_EXPORT   # agreement on the 100 real validation images
+  python benchmarks/serving.py --compare_litert=F32_EXPORT,MODEL.tflite --data_dir=RECORDS
+      # per-image top-1 agreement and top-1/top-5 error of both, centre crop and 10 crops, by the evaluator
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ flags.DEFINE_integer("rounds", 2, "Timing: alternating rounds.")
 flags.DEFINE_string("compare", None, "F32_EXPORT,BF16_EXPORT: compare two exports' answers, then stop.")
 flags.DEFINE_integer("litert_threads", 2, "Threads of the LiteRT runtime.")
 flags.DEFINE_integer("memory_calls", 5, "Memory: calls per batch size.")
+flags.DEFINE_string("compare_litert", None, "F32_EXPORT,MODEL.tflite: compare a SavedModel and a LiteRT file on "
+                    "--data_dir's validation records, then stop.")
+flags.DEFINE_string("data_dir", None, "With --compare_litert: the converted records (validation-* shards).")
 flags.DEFINE_string("role", None, "Internal: timing, memory or load, run in the child process.")
 flags.DEFINE_string("exports", None, "Internal: the child's export directories, comma separated.")
 flags.DEFINE_string("payloads", None, "Internal: the child's request payloads (a pickle).")
@@ -324,6 +329,32 @@ def _compare(f32_dir: str, bf16_dir: str) -> dict:
     }
 
 
+def _compare_litert(saved_model: str, litert_file: str, data_dir: str) -> dict:
+    """Both exports through the evaluator's views: per-image top-1 agreement, and each one's errors."""
+    from alexnet_tf import evaluation, export, litert, preprocess
+
+    predict_f32, config = export.load_predictor(saved_model)
+    predict_litert, litert_config, stats = litert.load_predictor(litert_file)
+    if litert_config != config:
+        raise ValueError(f"{saved_model} and {litert_file} were exported from different configurations")
+    result: dict = {"data_dir": data_dir, "litert_file_mb": round(os.path.getsize(litert_file) / 1e6, 1)}
+    finish = preprocess.DeviceFinish(config, stats)
+    for view, (dataset, ten_crop) in evaluation.view_datasets(config, data_dir, stats).items():
+        tops = {}
+        for name, predict in (("float32", predict_f32), ("litert", predict_litert)):
+            top_k, labels, seconds = evaluation.predict_top_k(predict, dataset, config.num_classes, ten_crop,
+                                                              progress=False, finish=finish)
+            tops[name] = top_k
+            metrics = evaluation.metrics(top_k, labels, config.num_classes)
+            result[f"{name}_{view}"] = {"top1_error": round(metrics["top1_error"], 4),
+                                        "top5_error": round(metrics["top5_error"], 4), "seconds": round(seconds, 1)}
+        result[f"{view}_top1_agreement"] = round(float(np.mean(tops["float32"][:, 0] == tops["litert"][:, 0])), 4)
+        result[f"{view}_top1_error_difference_points"] = round(
+            100 * (result[f"litert_{view}"]["top1_error"] - result[f"float32_{view}"]["top1_error"]), 2)
+        result["images"] = len(labels)
+    return result
+
+
 # ---------------------------------------------------------------- prepared in the parent process
 
 
@@ -395,6 +426,17 @@ def main(argv: list[str]) -> None:
     tf.get_logger().setLevel("ERROR")
     if FLAGS.role:
         _child()
+        return
+    if FLAGS.compare_litert:
+        if not FLAGS.data_dir:
+            raise app.UsageError("--compare_litert needs --data_dir, the converted records to evaluate on")
+        result = _compare_litert(*FLAGS.compare_litert.split(","), FLAGS.data_dir)
+        for view in ("center_crop", "ten_crop"):
+            print(f"{view}: top-1 agreement {result[f'{view}_top1_agreement']:.2%} on {result['images']} images; "
+                  f"top-1 error float32 {result[f'float32_{view}']['top1_error']:.2%}, LiteRT "
+                  f"{result[f'litert_{view}']['top1_error']:.2%}; top-5 error float32 "
+                  f"{result[f'float32_{view}']['top5_error']:.2%}, LiteRT {result[f'litert_{view}']['top5_error']:.2%}")
+        print(json.dumps(result))
         return
     if FLAGS.compare:
         result = _compare(*FLAGS.compare.split(","))
