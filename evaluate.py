@@ -3,6 +3,8 @@
   python evaluate.py --checkpoint=WORKDIR --data_dir=DATA --report_dir=REPORT [--figures]
   python evaluate.py --saved_model=EXPORT_DIR --data_dir=DATA --report_dir=REPORT
   python evaluate.py --checkpoint=WORKDIR --export_dir=EXPORT_DIR --export_precision=bfloat16
+  python evaluate.py --checkpoint=WORKDIR --export_litert=MODEL.tflite   # int8 weights, any CPU
+  python evaluate.py --litert=MODEL.tflite --data_dir=DATA --report_dir=REPORT
   python evaluate.py --curves --checkpoint=WORKDIR   # WORKDIR/curves.png from the run's logs only
   python evaluate.py --weights=bvlc_alexnet.caffemodel --data_dir=DATA [--mean_file=imagenet_mean.binaryproto]
 """
@@ -21,7 +23,7 @@ console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import cli, curves, distribute, evaluation, export, imagenet, paths, statistics  # noqa: E402
+from alexnet_tf import cli, curves, distribute, evaluation, export, imagenet, litert, paths, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import EXPORT_PRECISIONS, ConfigError  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
@@ -39,6 +41,9 @@ flags.DEFINE_integer("figure_train_images", 2000, "Training images searched for 
 flags.DEFINE_string("export_dir", None, "With --checkpoint: also write the serving SavedModel here (e.g. .../1).")
 flags.DEFINE_enum("export_precision", "float32", list(EXPORT_PRECISIONS),
                   "Weights of the --export_dir SavedModel: as trained, or stored in bfloat16.")
+flags.DEFINE_string("export_litert", None, "With --checkpoint: also write a LiteRT file with int8 weights here "
+                    "(MODEL.tflite, with MODEL.labels.txt and MODEL.json beside it).")
+flags.DEFINE_string("litert", None, "Evaluate a LiteRT file written by --export_litert (needs ai-edge-litert).")
 flags.DEFINE_bool("curves", False, "With --checkpoint=WORKDIR: draw WORKDIR/curves.png (loss and errors against "
                   "epochs) from the run's logs; evaluates too only when --report_dir, --data_dir, "
                   "--export_dir or --figures asks for it.")
@@ -51,23 +56,26 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
-    if sum(bool(f) for f in (FLAGS.checkpoint, FLAGS.saved_model, FLAGS.weights)) != 1:
-        raise app.UsageError("pass exactly one of --checkpoint and --saved_model, or --weights alone")
+    if sum(bool(f) for f in (FLAGS.checkpoint, FLAGS.saved_model, FLAGS.litert, FLAGS.weights)) != 1:
+        raise app.UsageError("pass exactly one of --checkpoint and --saved_model (or --litert, or --weights)")
     if FLAGS.mean_file and not FLAGS.weights:
         raise app.UsageError("--mean_file is Caffe's mean image: it goes with --weights")
+    if FLAGS.export_litert and not FLAGS.checkpoint:
+        raise app.UsageError("--export_litert needs --checkpoint (the Keras model to export)")
     if FLAGS.figures and not (FLAGS.checkpoint and FLAGS.report_dir):
         raise app.UsageError("--figures needs --checkpoint (the Keras model's conv1 and fc7) and --report_dir")
     if FLAGS.export_dir and not FLAGS.checkpoint:
         raise app.UsageError("--export_dir needs --checkpoint (the Keras model to export)")
     for flag in ("checkpoint", "saved_model", "data_dir", "report_dir", "export_dir", "synsets", "weights",
-                 "mean_file"):
+                 "mean_file", "export_litert", "litert"):
         if FLAGS[flag].value:
             paths.check_supported(FLAGS[flag].value, f"--{flag}")
     for flag, what in (("checkpoint", "a training work directory or a .keras file"),
                        ("saved_model", "a directory written by the export (e.g. WORKDIR/saved_model/1)"),
                        ("data_dir", "the converter's output directory"), ("synsets", "a file of wnids"),
                        ("weights", "BVLC AlexNet's .caffemodel or .npy"),
-                       ("mean_file", "Caffe's imagenet_mean.binaryproto")):
+                       ("mean_file", "Caffe's imagenet_mean.binaryproto"),
+                       ("litert", "a .tflite file written by --export_litert")):
         if FLAGS[flag].value and not paths.exists(FLAGS[flag].value):
             raise ConfigError(f"--{flag}={FLAGS[flag].value}: no such file or directory; pass {what}")
     if FLAGS.curves:
@@ -90,6 +98,8 @@ def main(argv: list[str]) -> None:
         strategy = distribute.make_strategy(FLAGS.num_gpus)
         with strategy.scope():
             model, config = workdir_lib.load_model(FLAGS.checkpoint)
+    elif FLAGS.litert:
+        model, config, stats = litert.load_predictor(FLAGS.litert)
     else:
         model, config = export.load_predictor(FLAGS.saved_model)
     if FLAGS.batch_size:
@@ -108,6 +118,10 @@ def main(argv: list[str]) -> None:
         wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
         export.export_saved_model(model, FLAGS.export_dir, config, stats or statistics.load_statistics(data_dir),
                                   wnids, export_names, precision=FLAGS.export_precision)
+    if FLAGS.export_litert:
+        wnids, export_names = labels or (imagenet.fallback_class_names(config.num_classes),) * 2
+        litert.export_litert(model, FLAGS.export_litert, config, stats or statistics.load_statistics(data_dir),
+                             wnids, export_names)
     report = evaluation.evaluate(model, config, data_dir, FLAGS.report_dir, strategy=strategy, ten_crop=FLAGS.ten_crop,
                                  class_names=names, stats=stats)
     for view in ("center_crop", "ten_crop"):

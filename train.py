@@ -9,7 +9,8 @@
 
 Every field of ``alexnet_tf.config.Config`` is a flag (e.g. ``--batch_size=256``,
 ``--lr_schedule=step:30,60,80``, ``--precision=mixed_float16``,
-``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes. Exit
+``--export_precision=bfloat16``). Running again with the same ``--workdir`` resumes.
+``--export_litert=MODEL.tflite`` also writes the trained model as a LiteRT file with int8 weights. Exit
 statuses (``alexnet_tf/cli.py``): 0 done, 1 the loss became NaN, 2 bad flags or inputs (one line),
 75 stopped by SIGTERM after a checkpoint: run the same command again to resume.
 """
@@ -53,6 +54,8 @@ flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go (lo
 flags.DEFINE_string("imagenette_dir", None, "Imagenette JPEG folders (train/, val/); default: download")
 flags.DEFINE_bool("synthetic", False, "same as --dataset=synthetic")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (default all visible; 0 for the CPU)")
+flags.DEFINE_string("export_litert", None, "at the end, also write a LiteRT file with int8 weights here "
+                    "(MODEL.tflite; needs ai-edge-litert only to run it)")
 for _field in dataclasses.fields(config_lib.Config):
     _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                str: flags.DEFINE_string}[type(_field.default)]
@@ -68,6 +71,8 @@ def main(argv: list[str]) -> int:
     overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
                  if FLAGS[f.name].value is not None}
     config = config_lib.get_config(preset, **overrides)  # checks every setting (ConfigError)
+    if FLAGS.export_litert and not FLAGS.export_litert.endswith(".tflite"):
+        raise config_lib.ConfigError(f"--export_litert={FLAGS.export_litert!r}: name a .tflite file")
     workdir = FLAGS.workdir or os.path.join("runs", preset)
     for path, flag in ((workdir, "--workdir"), (config.data_dir, "--data_dir")):
         if path:
@@ -98,6 +103,10 @@ def main(argv: list[str]) -> int:
     except training.NonFiniteLossError as e:
         logging.error("%s", e)
         return cli.FAILED
+    if FLAGS.export_litert and not summary.get("stopped"):
+        from alexnet_tf import litert  # its runtime is an optional extra
+
+        summary["litert"] = litert.export_run(workdir, FLAGS.export_litert)
     print(json.dumps(summary, indent=2))
     return cli.RESUMABLE if summary.get("stopped") else cli.OK
 
