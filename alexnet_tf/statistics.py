@@ -14,8 +14,10 @@ import os
 import numpy as np
 from absl import logging
 
-from alexnet_tf import paths
 from alexnet_tf.records import MEAN_IMAGE_FILE, STATISTICS_FILE
+
+# alexnet_tf.paths (and with it TensorFlow) is imported where files are read or written, not
+# here: the converter's worker processes accumulate sums without TensorFlow.
 
 # Published ImageNet values (fb.resnet.torch, computed on [0, 1] pixels; scaled here to 0-255).
 # Eigenvectors are the COLUMNS of the matrix, rows are R, G, B.
@@ -54,6 +56,8 @@ class DatasetStatistics:
 
     def save(self, directory: str) -> None:
         """Writes ``statistics.json`` (and ``mean_image.npy`` when there is one) to ``directory``."""
+        from alexnet_tf import paths
+
         record = {
             "mean_rgb": [float(v) for v in self.mean_rgb],
             "std_rgb": [float(v) for v in self.std_rgb],
@@ -83,6 +87,8 @@ def load_statistics(data_dir: str | None) -> DatasetStatistics:
     Raises:
       ValueError: naming the file, when ``statistics.json`` exists but is malformed.
     """
+    from alexnet_tf import paths
+
     path = os.path.join(data_dir, STATISTICS_FILE) if data_dir else ""
     if not path or not paths.exists(path):
         logging.warning("No %s in %r: using the published ImageNet statistics.", STATISTICS_FILE, data_dir)
@@ -145,24 +151,37 @@ class StatisticsAccumulator:
         self.sum_outer += other.sum_outer
         self.num_images += other.num_images
 
-    def save(self, path: str) -> None:
-        """Writes the sums to ``path`` (an ``.npz`` file)."""
+    def to_bytes(self) -> bytes:
+        """The sums as the bytes of an ``.npz`` file."""
         # Uncompressed (compression costs more than the write); uint32 halves the size when it fits.
         fits = self.sum_image.max(initial=0) < 2**32
         sum_image = self.sum_image.astype(np.uint32) if fits else self.sum_image
         buffer = io.BytesIO()
         np.savez(buffer, num_images=np.int64(self.num_images), sum_image=sum_image, sum_outer=self.sum_outer)
-        paths.write_bytes(path, buffer.getvalue())
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StatisticsAccumulator:
+        """The sums of :meth:`to_bytes`."""
+        with np.load(io.BytesIO(data)) as arrays:
+            acc = cls(int(arrays["sum_image"].shape[0]))
+            acc.num_images = int(arrays["num_images"])
+            acc.sum_image = arrays["sum_image"].astype(np.int64)
+            acc.sum_outer = arrays["sum_outer"].astype(np.int64)
+        return acc
+
+    def save(self, path: str) -> None:
+        """Writes the sums to ``path`` (an ``.npz`` file)."""
+        from alexnet_tf import paths
+
+        paths.write_bytes(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str) -> StatisticsAccumulator:
         """Reads sums written by :meth:`save`."""
-        with np.load(io.BytesIO(paths.read_bytes(path))) as data:
-            acc = cls(int(data["sum_image"].shape[0]))
-            acc.num_images = int(data["num_images"])
-            acc.sum_image = data["sum_image"].astype(np.int64)
-            acc.sum_outer = data["sum_outer"].astype(np.int64)
-        return acc
+        from alexnet_tf import paths
+
+        return cls.from_bytes(paths.read_bytes(path))
 
     def result(self, source: str = "") -> DatasetStatistics:
         """Mean, std, the RGB covariance's eigen-decomposition (largest first) and the mean image.

@@ -5,6 +5,10 @@ Each shard is written under a temporary name and renamed when complete, then its
 statistics sums in ``.parts/<shard>.npz``) is written after it. A re-run skips every shard whose
 record still matches its inputs (the fingerprint) and whose bytes still hash to the recorded
 checksum, so a run killed at any moment and run again gives the bytes of an uninterrupted run.
+
+Nothing here imports TensorFlow: records are encoded and framed by :mod:`alexnet_tf.records`
+and local files written with Python's own, so a worker process costs a decoder's memory and
+start-up, not TensorFlow's (see :mod:`~alexnet_tf.converter.files` for other schemes).
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
-import tensorflow as tf
-
-from alexnet_tf import paths, records, statistics
+from alexnet_tf import records, statistics
 from alexnet_tf.converter import files
 from alexnet_tf.converter.image import STATISTICS_SIZE, RejectedImageError, convert_image
 
@@ -115,10 +117,10 @@ def fingerprint(options: dict[str, Any], name: str, items: Sequence[ShardItem], 
 def _shard_verifies(job: ShardJob, part: ShardPart | None) -> bool:
     if part is None or part.fingerprint != job.fingerprint:
         return False
-    if job.with_statistics and not paths.exists(job.statistics_path):
+    if job.with_statistics and not files.exists(job.statistics_path):
         return False
     path = job.path
-    return paths.exists(path) and paths.size(path) == part.bytes and files.sha256_file(path) == part.sha256
+    return files.exists(path) and files.size(path) == part.bytes and files.sha256_file(path) == part.sha256
 
 
 @dataclasses.dataclass
@@ -136,7 +138,7 @@ class _Tallies:
 def _write_item(
     item: ShardItem,
     job: ShardJob,
-    writer: tf.io.TFRecordWriter,
+    writer: IO[bytes],
     tallies: _Tallies,
     accumulator: statistics.StatisticsAccumulator | None,
 ) -> None:
@@ -159,17 +161,17 @@ def _write_item(
     tallies.classes[item.wnid] += 1
     if accumulator is not None:
         accumulator.add(image.pixels)
-    writer.write(
-        records.serialize_example(
-            image.encoded,
-            image.height,
-            image.width,
-            item.label,
-            item.wnid,
-            job.texts[item.wnid],
-            os.path.basename(item.relpath),
-        )
+    example = records.serialize_example(
+        image.encoded,
+        image.height,
+        image.width,
+        item.label,
+        item.wnid,
+        job.texts[item.wnid],
+        os.path.basename(item.relpath),
     )
+    for chunk in records.frame_record(example):
+        writer.write(chunk)
     tallies.written += 1
 
 
@@ -185,23 +187,22 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
         count(len(job.items))
         return ShardResult(part, skipped=True)
     # Names, not a glob: the output directory's own name may hold glob characters.
-    for name in tf.io.gfile.listdir(job.output_directory):
+    for name in files.listdir(job.output_directory):
         if name.startswith(job.name + ".tmp-"):
-            tf.io.gfile.remove(os.path.join(job.output_directory, name))
+            files.remove(os.path.join(job.output_directory, name))
     start = time.time()
     accumulator = statistics.StatisticsAccumulator(STATISTICS_SIZE) if job.with_statistics else None
     tallies = _Tallies()
-    tmp = paths.temporary_name(job.path)
-    with tf.io.TFRecordWriter(tmp) as writer:
+    tmp = files.temporary_name(job.path)
+    with files.open_file(tmp, "wb") as writer:
         for item in job.items:
             _write_item(item, job, writer, tallies, accumulator)
             count(1)
     sha256 = files.sha256_file(tmp)
-    size = paths.size(tmp)
-    tf.io.gfile.rename(tmp, job.path, overwrite=True)
+    size = files.size(tmp)
+    files.rename(tmp, job.path)
     if accumulator is not None:
-        accumulator.save(paths.temporary_name(job.statistics_path))
-        tf.io.gfile.rename(paths.temporary_name(job.statistics_path), job.statistics_path, overwrite=True)
+        files.write_atomically(job.statistics_path, accumulator.to_bytes())
     part = ShardPart(
         name=job.name,
         split=job.split,
