@@ -24,7 +24,13 @@ from typing import IO, Any
 
 from alexnet_tf import records, statistics
 from alexnet_tf.converter import files
-from alexnet_tf.converter.image import STATISTICS_SIZE, RejectedImageError, convert_image
+from alexnet_tf.converter.image import (
+    COVARIANCE_STRIDE,
+    STATISTICS_GRID,
+    STATISTICS_METHOD,
+    RejectedImageError,
+    convert_image,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,9 @@ class ShardPart:
     misnamed: int
     classes: dict[str, int]
     seconds: float
+    # How the statistics' sums were sampled (image.STATISTICS_METHOD); records written before
+    # the method was recorded were sampled by method 1.
+    statistics_method: int = 1
 
     @classmethod
     def load(cls, path: str) -> ShardPart | None:
@@ -114,8 +123,13 @@ def fingerprint(options: dict[str, Any], name: str, items: Sequence[ShardItem], 
     return digest.hexdigest()
 
 
+def statistics_accumulator() -> statistics.StatisticsAccumulator:
+    """Empty sums for the samples ``convert_image`` returns, as ``STATISTICS_METHOD`` adds them."""
+    return statistics.StatisticsAccumulator(STATISTICS_GRID, COVARIANCE_STRIDE)
+
+
 def _shard_verifies(job: ShardJob, part: ShardPart | None) -> bool:
-    if part is None or part.fingerprint != job.fingerprint:
+    if part is None or part.fingerprint != job.fingerprint or part.statistics_method != STATISTICS_METHOD:
         return False
     if job.with_statistics and not files.exists(job.statistics_path):
         return False
@@ -191,7 +205,7 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
         if name.startswith(job.name + ".tmp-"):
             files.remove(os.path.join(job.output_directory, name))
     start = time.time()
-    accumulator = statistics.StatisticsAccumulator(STATISTICS_SIZE) if job.with_statistics else None
+    accumulator = statistics_accumulator() if job.with_statistics else None
     tallies = _Tallies()
     tmp = files.temporary_name(job.path)
     with files.open_file(tmp, "wb") as writer:
@@ -218,6 +232,7 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
         misnamed=tallies.misnamed,
         classes=dict(sorted(tallies.classes.items())),
         seconds=round(time.time() - start, 3),
+        statistics_method=STATISTICS_METHOD,
     )
     part.save(job.part_path)
     return ShardResult(part, skipped=False)
