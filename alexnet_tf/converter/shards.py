@@ -137,6 +137,20 @@ def _shard_verifies(job: ShardJob, part: ShardPart | None) -> bool:
     return files.exists(path) and files.size(path) == part.bytes and files.sha256_file(path) == part.sha256
 
 
+class _HashingWriter:
+    """Writes to a file and hashes what it writes, so the shard's checksum needs no second read."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+
 @dataclasses.dataclass
 class _Tallies:
     """What one shard's writing found, image by image."""
@@ -152,7 +166,7 @@ class _Tallies:
 def _write_item(
     item: ShardItem,
     job: ShardJob,
-    writer: IO[bytes],
+    writer: _HashingWriter,
     tallies: _Tallies,
     accumulator: statistics.StatisticsAccumulator | None,
 ) -> None:
@@ -208,12 +222,14 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
     accumulator = statistics_accumulator() if job.with_statistics else None
     tallies = _Tallies()
     tmp = files.temporary_name(job.path)
-    with files.open_file(tmp, "wb") as writer:
+    with files.open_file(tmp, "wb") as file:
+        writer = _HashingWriter(file)
         for item in job.items:
             _write_item(item, job, writer, tallies, accumulator)
             count(1)
-    sha256 = files.sha256_file(tmp)
-    size = files.size(tmp)
+    sha256, size = writer.digest.hexdigest(), files.size(tmp)
+    if size != writer.size:
+        raise OSError(f"{tmp}: {size} bytes on disk, {writer.size} written; convert again")
     files.rename(tmp, job.path)
     if accumulator is not None:
         files.write_atomically(job.statistics_path, accumulator.to_bytes())
