@@ -6,11 +6,21 @@ evaluation and the trainer read with them, so the two sides cannot drift.
 The keys are those of the classic TensorFlow models ImageNet converter, so readers written for
 its shards read ours too. Labels are 0-based here; the classic converter wrote 1-based labels,
 which ``parse_example(..., label_offset=1)`` maps back.
+
+Writing needs no TensorFlow (the converter's worker processes do without it): examples are
+encoded and framed as TFRecords here, byte for byte as TensorFlow would; reading imports it.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import functools
+import struct
+from typing import TYPE_CHECKING, Any
+
+import google_crc32c
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 IMAGE_KEY = "image/encoded"
 HEIGHT_KEY = "image/height"
@@ -53,16 +63,81 @@ def shard_glob(prefix: str) -> str:
     return f"{prefix}-{digits}-of-{digits}"
 
 
-def _bytes(values: list[bytes]) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+# Field numbers of tensorflow/core/example/{example,feature}.proto.
+_EXAMPLE_FEATURES = 1  # Example.features
+_FEATURES_MAP = 1  # Features.feature, a map<string, Feature> of entries:
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3  # Feature's oneof
+_LIST_VALUE = 1  # BytesList.value, FloatList.value (packed), Int64List.value (packed)
+_LENGTH_DELIMITED = 2  # the wire type of strings, messages and packed lists
+_INT64_RANGE = range(-(2**63), 2**63)
+_CRC_MASK_DELTA = 0xA282EAD8  # TFRecord's masked CRC-32C, tensorflow/core/lib/hash/crc32c.h
 
 
-def _int64(values: list[int]) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
-def _floats(values: list[float]) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+def _delimited(number: int, chunks: list[bytes]) -> list[bytes]:
+    """Field ``number`` holding the concatenation of ``chunks`` (not copied: joined once, at the end)."""
+    return [_varint(number << 3 | _LENGTH_DELIMITED), _varint(sum(map(len, chunks))), *chunks]
+
+
+def _bytes(values: list[bytes]) -> list[bytes]:
+    return _delimited(_BYTES_LIST, [chunk for value in values for chunk in _delimited(_LIST_VALUE, [value])])
+
+
+def _int64(values: list[int]) -> list[bytes]:
+    if any(value not in _INT64_RANGE for value in values):
+        raise ValueError(f"int64 feature values out of range: {values}")
+    # Negative values are their two's complement, ten bytes long, as protobuf encodes them.
+    packed = b"".join(_varint(value & 0xFFFFFFFFFFFFFFFF) for value in values)
+    return _delimited(_INT64_LIST, _delimited(_LIST_VALUE, [packed]) if values else [])
+
+
+def _floats(values: list[float]) -> list[bytes]:
+    packed = struct.pack(f"<{len(values)}f", *values)  # float32, little-endian, as protobuf stores them
+    return _delimited(_FLOAT_LIST, _delimited(_LIST_VALUE, [packed]) if values else [])
+
+
+def encode_example(feature: dict[str, list[bytes]]) -> bytes:
+    """A ``tf.train.Example`` of the encoded features (``_bytes``, ``_int64``, ``_floats``).
+
+    The bytes are those of ``SerializeToString(deterministic=True)``: the feature map's entries in
+    key order (see ``_map_order``), each entry its key then its value. Written by hand because TensorFlow's
+    ``example_pb2`` imports all of TensorFlow, which the converter's workers do without.
+    """
+    entries: list[bytes] = []
+    for key in sorted(feature, key=_map_order):
+        entry = _delimited(_ENTRY_KEY, [key.encode("utf-8")]) + _delimited(_ENTRY_VALUE, feature[key])
+        entries.extend(_delimited(_FEATURES_MAP, entry))
+    return b"".join(_delimited(_EXAMPLE_FEATURES, entries))
+
+
+def _map_order(key: str) -> list[int]:
+    # protobuf's deterministic order of string keys: bytewise, a key after the longer keys it
+    # begins (upb's rule; no key of the schema begins another, where every implementation agrees).
+    return [*key.encode("utf-8"), 256]
+
+
+def _masked_crc32c(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", ((crc >> 15 | crc << 17) + _CRC_MASK_DELTA) & 0xFFFFFFFF)
+
+
+def frame_record(data: bytes) -> list[bytes]:
+    """One record of a TFRecord file: length, its masked CRC-32C, ``data``, its masked CRC-32C.
+
+    The chunks, written in order, are what ``tf.io.TFRecordWriter`` writes for ``data`` (without
+    compression); ``data`` itself is not copied.
+    """
+    length = struct.pack("<Q", len(data))
+    return [length, _masked_crc32c(length), data, _masked_crc32c(data)]
 
 
 def serialize_example(
@@ -76,6 +151,9 @@ def serialize_example(
     bboxes: list[tuple[float, float, float, float]] | None = None,
 ) -> bytes:
     """One image as a serialized ``tf.train.Example``, byte-identical across processes.
+
+    The bytes equal ``tf.train.Example(...).SerializeToString(deterministic=True)`` for the same
+    features; no TensorFlow is imported to make them.
 
     Args:
       encoded: RGB JPEG bytes.
@@ -101,19 +179,21 @@ def serialize_example(
     if bboxes:
         for i, key in enumerate(BBOX_KEYS):
             feature[key] = _floats([box[i] for box in bboxes])
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    # The feature map's order otherwise differs from process to process.
-    return example.SerializeToString(deterministic=True)
+    return encode_example(feature)
 
 
-_FEATURES = {
-    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-    HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    SYNSET_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
+@functools.cache
+def _feature_spec() -> dict[str, Any]:
+    import tensorflow as tf  # the readers' side; the writers' side above does without it
+
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        SYNSET_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
 
 
 def parse_example(serialized: tf.Tensor, label_offset: int = 0) -> dict[str, tf.Tensor]:
@@ -126,15 +206,21 @@ def parse_example(serialized: tf.Tensor, label_offset: int = 0) -> dict[str, tf.
     Returns:
       ``{"encoded", "label" (int32, 0-based), "height", "width", "filename", "synset"}``.
     """
-    return _features(tf.io.parse_single_example(serialized, _FEATURES), label_offset)
+    import tensorflow as tf
+
+    return _features(tf.io.parse_single_example(serialized, _feature_spec()), label_offset)
 
 
 def parse_examples(serialized: tf.Tensor, label_offset: int = 0) -> dict[str, tf.Tensor]:
     """``parse_example`` for a vector of serialized examples at once: one op, each value [N]."""
-    return _features(tf.io.parse_example(serialized, _FEATURES), label_offset)
+    import tensorflow as tf
+
+    return _features(tf.io.parse_example(serialized, _feature_spec()), label_offset)
 
 
 def _features(parsed: dict[str, tf.Tensor], label_offset: int) -> dict[str, tf.Tensor]:
+    import tensorflow as tf
+
     return {
         "encoded": parsed[IMAGE_KEY],
         "label": tf.cast(parsed[LABEL_KEY], tf.int32) - label_offset,

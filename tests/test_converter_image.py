@@ -9,6 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from alexnet_tf import converter
+from alexnet_tf.converter.image import STATISTICS_GRID
 
 
 def test_convert_image_recognises_every_kind_by_content():
@@ -26,7 +27,7 @@ def test_convert_image_recognises_every_kind_by_content():
         decoded = tf.io.decode_jpeg(image.encoded).numpy()  # RGB JPEG whatever came in
         assert decoded.shape[2] == 3, name
         assert decoded.shape[:2] == (image.height, image.width), name
-        assert image.pixels.shape == (256, 256, 3) and image.pixels.dtype == np.uint8
+        assert image.pixels.shape == (STATISTICS_GRID, STATISTICS_GRID, 3) and image.pixels.dtype == np.uint8
 
 
 def test_convert_image_rejection_reasons_and_16bit_scaling():

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
+
+import converter_helpers as h
 
 from alexnet_tf import converter
 from alexnet_tf.converter.pool import ProgressCounts, Tally, run_jobs
+from alexnet_tf.converter.run import ConvertArguments, list_inputs, load_classes, plan_jobs
 
 
 def test_progress_bar_shows_rate_and_eta():
@@ -53,3 +58,40 @@ def test_run_jobs_in_process_yields_every_result_and_times_the_work(caplog):
     assert timing["end"] >= timing["start"]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("testing [")]
     assert lines and " 21/21 " in lines[-1] and "100.0%" in lines[-1]
+
+
+_PROBE = '''
+import os
+import sys
+
+from alexnet_tf.converter import shards
+
+
+def probe(job, count):
+    """A shard written in a worker, and the TensorFlow modules that worker has loaded."""
+    result = shards.convert_shard(job, count)
+    return os.getpid(), result.part.records, sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+'''
+
+
+def test_workers_write_shards_without_importing_tensorflow(tmp_path, monkeypatch):
+    """A worker process converts a shard and still has no ``tensorflow`` in ``sys.modules``."""
+    train = h.odd_dataset(tmp_path)
+    (tmp_path / "converter_probe.py").write_text(_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned workers start with this process's sys.path
+    import converter_probe
+
+    arguments = ConvertArguments(
+        train_directory=str(train), validation_directory=None, output_directory=str(tmp_path / "out"),
+        validation_labels_file=None, train_shards=2, validation_shards=1, num_workers=2, resize=None,
+        labels_file=None, metadata_file=None, max_rejects=10, label_offset=0, seed=0, jpeg_quality=95, num_tasks=1,
+        task_index=0,
+    )
+    classes = load_classes(None, None)
+    _, jobs = plan_jobs(arguments, classes, list_inputs(arguments, classes))
+    os.makedirs(jobs[0].parts_directory)
+    assert "tensorflow" in sys.modules  # this process has it: the workers do not inherit it
+    results = list(run_jobs(converter_probe.probe, jobs, num_workers=2, total=18, description="probing"))
+    assert {pid for pid, _, _ in results}.isdisjoint({os.getpid()})
+    assert sum(written for _, written, _ in results) == 14
+    assert [loaded for _, _, loaded in results] == [[], []]

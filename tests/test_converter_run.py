@@ -238,3 +238,21 @@ def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     assert f"train: {len(h.ODD_FILES) + 3} images in {train} -> 2 shards" in quiet
     outputs = "manifest.json, summary.json, synsets.txt, metadata.txt, statistics.json, rejects.txt"
     assert f"Shards and {outputs} are in {tmp_path / 'a'}" in quiet
+
+
+def test_cli_workers_do_not_start_tensorflow(tmp_path):
+    """With every C++ log line shown, only the command line's own process prints TensorFlow's.
+
+    Each process that loads TensorFlow prints its start-up lines with its process id; the spawned
+    workers write local shards without it, even though the command line's script imports it.
+    """
+    train = h.odd_dataset(tmp_path)
+    out = tmp_path / "out"
+    process = _run_cli(f"--train_directory={train}", f"--output_directory={out}", "--train_shards=2",
+                       "--num_workers=2", "--max_rejects=10", log_level="0")
+    assert process.wait(timeout=120) == 0
+    stderr = process.stderr.read().decode()
+    pids = {int(pid) for pid in re.findall(r"^I\d{4} [\d:.]+ +(\d+) \S+\.cc:\d+\]", stderr, re.MULTILINE)}
+    assert pids == {process.pid}, stderr[-2000:]
+    summary = json.loads((out / converter.SUMMARY_FILE).read_text())
+    assert summary["converted_shards"] == 2 and summary["written"] == 14

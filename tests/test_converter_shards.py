@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import converter_helpers as h
+import tensorflow as tf
 
 from alexnet_tf import converter
 from alexnet_tf.converter.shards import ShardItem, ShardJob, ShardPart, convert_shard, fingerprint
@@ -72,3 +75,68 @@ def test_one_shard_counts_every_file_and_records_what_it_did(tmp_path):
     renamed = _job(out, items, {"n01440764": "tinca"})
     assert renamed.fingerprint != job.fingerprint
     assert not convert_shard(renamed, counted.append).skipped
+
+
+def _serialize_as_before(encoded: bytes, height: int, width: int, label: int, synset: bytes, text: bytes,
+                         filename: bytes) -> bytes:
+    """An example as the converter made it before it wrote without TensorFlow: tf.train.Example."""
+    def bytes_feature(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def int64_feature(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    feature = {
+        "image/encoded": bytes_feature(encoded),
+        "image/height": int64_feature(height),
+        "image/width": int64_feature(width),
+        "image/colorspace": bytes_feature(b"RGB"),
+        "image/channels": int64_feature(3),
+        "image/format": bytes_feature(b"JPEG"),
+        "image/filename": bytes_feature(filename),
+        "image/class/label": int64_feature(label),
+        "image/class/synset": bytes_feature(synset),
+        "image/class/text": bytes_feature(text),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def _assert_shards_equal_tensorflows(train: pathlib.Path, out: pathlib.Path, tmp_path: pathlib.Path) -> int:
+    """Writes every shard again, record by record, with TensorFlow's serializer and TFRecordWriter
+    from the source files (each decoded and repaired again), and compares the files' bytes."""
+    shards = h.shards(out)
+    assert shards
+    records_seen = 0
+    for name, data in shards.items():
+        with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
+            for example in converter.iterate_records([str(out / name)]):
+                synset, filename = h.feature(example, "image/class/synset"), h.feature(example, "image/filename")
+                source = (train / synset.decode() / filename.decode()).read_bytes()
+                image = converter.convert_image(source)
+                text = example.features.feature["image/class/text"].bytes_list.value[0]
+                label = h.feature(example, "image/class/label")
+                writer.write(_serialize_as_before(image.encoded, image.height, image.width, label, synset, text,
+                                                  filename))
+                records_seen += 1
+        assert (tmp_path / name).read_bytes() == data, name
+    return records_seen
+
+
+def test_shards_are_byte_identical_to_tensorflows_writer(tmp_path):
+    """Odd files of every kind, two workers: the shards TensorFlow would have written, byte for byte."""
+    train = h.odd_dataset(tmp_path)
+    out = tmp_path / "out"
+    summary = converter.convert(train_directory=str(train), output_directory=str(out), train_shards=3, num_workers=2,
+                                max_rejects=10)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert _assert_shards_equal_tensorflows(train, out, reference) == summary["written"] == 14
+
+
+def test_real_sample_shards_are_byte_identical_to_tensorflows_writer(shared_data, tmp_path):
+    train = h.sample_subset(shared_data, tmp_path)
+    out = tmp_path / "out"
+    summary = converter.convert(train_directory=str(train), output_directory=str(out), train_shards=4, num_workers=2)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert _assert_shards_equal_tensorflows(train, out, reference) == summary["written"] == h.SAMPLE_CLASSES

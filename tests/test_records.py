@@ -99,3 +99,65 @@ def test_the_converter_writes_every_file_named_here(converted):
     assert int(parsed["label"]) == first.label and parsed["filename"].numpy().decode() == first.filename
     decoded = tf.io.decode_jpeg(parsed["encoded"])
     assert decoded.shape[:2] == (int(parsed["height"]), int(parsed["width"])) and decoded.shape[2] == 3
+
+
+def _serialize_with_tensorflow(feature: dict[str, tuple[str, list]]) -> bytes:
+    """The reference: TensorFlow's own Example, serialized as the converter did before."""
+    kinds = {
+        "bytes": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v)),
+        "int64": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v)),
+        "floats": lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v)),
+    }
+    features = {key: kinds[kind](values) for key, (kind, values) in feature.items()}
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        {"image/encoded": ("bytes", [ENCODED]), "image/height": ("int64", [5])},
+        # Empty lists and an empty key, negative and extreme int64s, float32 rounding and infinity.
+        {"": ("bytes", []), "a": ("int64", []), "b": ("floats", []), "c": ("bytes", [b""])},
+        {"i": ("int64", [0, 1, -1, 127, 128, 300, 2**63 - 1, -(2**63)]), "f": ("floats", [0.1, -2.5, 1e-30, np.inf])},
+        # Keys in UTF-8 order (not insertion order); a value longer than 2**14 bytes (3-byte lengths).
+        {"z": ("bytes", [b"x" * 70_000, b"y"]), "é": ("int64", [3]), "A": ("bytes", ["café".encode()])},
+        # A key that begins another comes after it, as protobuf's own encoder orders them.
+        {"a": ("int64", [1]), "ab": ("int64", [2]), "a\x00": ("int64", [3]), "b": ("int64", [4])},
+    ],
+)
+def test_the_hand_written_encoder_equals_tensorflows_deterministic_bytes(feature):
+    encoders = {"bytes": records._bytes, "int64": records._int64, "floats": records._floats}
+    encoded = records.encode_example({key: encoders[kind](values) for key, (kind, values) in feature.items()})
+    assert encoded == _serialize_with_tensorflow(feature)
+
+
+def test_serialize_example_equals_tensorflows_bytes_for_the_schema():
+    boxes = [(0.1, 0.2, 0.5, 0.6), (0.0, 0.0, 1.0, 1.0)]
+    for label, bboxes in ((42, None), (0, boxes), (-1, None), (999, [])):
+        expected = {
+            records.IMAGE_KEY: ("bytes", [ENCODED]),
+            records.HEIGHT_KEY: ("int64", [5]),
+            records.WIDTH_KEY: ("int64", [7]),
+            records.COLORSPACE_KEY: ("bytes", [b"RGB"]),
+            records.CHANNELS_KEY: ("int64", [3]),
+            records.FORMAT_KEY: ("bytes", [b"JPEG"]),
+            records.FILENAME_KEY: ("bytes", ["café 1.JPEG".encode()]),
+            records.LABEL_KEY: ("int64", [label]),
+            records.SYNSET_KEY: ("bytes", [b"n01440764"]),
+            records.TEXT_KEY: ("bytes", [b"tench, Tinca tinca"]),
+        }
+        for i, key in enumerate(records.BBOX_KEYS if bboxes else ()):
+            expected[key] = ("floats", [box[i] for box in bboxes])
+        assert _example(label=label, bboxes=bboxes) == _serialize_with_tensorflow(expected), (label, bboxes)
+    with pytest.raises(ValueError, match="out of range"):
+        _example(label=2**63)
+
+
+def test_framed_records_equal_tfrecordwriters_file(tmp_path):
+    payloads = [b"", b"a", _example(), bytes(range(256)) * 300]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf")) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    ours = b"".join(chunk for payload in payloads for chunk in records.frame_record(payload))
+    assert ours == (tmp_path / "tf").read_bytes()
+    assert list(tf.data.TFRecordDataset(str(tmp_path / "tf")).as_numpy_iterator()) == payloads

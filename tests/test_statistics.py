@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
+import random
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from converted import SHAPES, read_records
 from PIL import Image
 
 from alexnet_tf import converter, statistics
+from alexnet_tf.converter.shards import statistics_accumulator
 
 
 def _random_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -101,8 +104,12 @@ def test_accumulator_refuses_wrong_images_sizes_and_emptiness():
         acc.add(np.zeros((4, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         acc.add(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="size 8 into size 4"):
+    with pytest.raises(ValueError, match=r"size 8 \(covariance stride 1\) into size 4"):
         acc.merge(statistics.StatisticsAccumulator(8))
+    with pytest.raises(ValueError, match=r"stride 2\) into size 4 \(covariance stride 1\)"):
+        acc.merge(statistics.StatisticsAccumulator(4, covariance_stride=2))
+    with pytest.raises(ValueError, match="covariance_stride must be in 1..4"):
+        statistics.StatisticsAccumulator(4, covariance_stride=0)
     with pytest.raises(ValueError, match="no training images"):
         acc.result()
 
@@ -150,10 +157,77 @@ def test_malformed_files_are_errors_naming_the_file(tmp_path):
 def test_the_converters_statistics_are_one_pass_over_its_training_records(converted):
     """Per-shard sums merged by the converter equal one accumulator over the stored records."""
     data_dir = converted(SHAPES)
-    acc = statistics.StatisticsAccumulator()
+    acc = statistics_accumulator()
     for record in read_records(data_dir, "train"):
         acc.add(converter.central_square(Image.open(io.BytesIO(record.encoded)).convert("RGB"), acc.size))
-    expected, stored = acc.result(), statistics.load_statistics(str(data_dir))
+    expected, stored = acc.result(mean_image_size=converter.STATISTICS_SIZE), statistics.load_statistics(str(data_dir))
     assert stored.num_images == len(SHAPES.train_labels) == expected.num_images
+    assert stored.mean_image.shape == (converter.STATISTICS_SIZE, converter.STATISTICS_SIZE, 3)
     for field in ("mean_rgb", "std_rgb", "eigenvalues", "eigenvectors", "mean_image"):
         np.testing.assert_allclose(getattr(stored, field), getattr(expected, field), rtol=1e-6, err_msg=field)
+
+
+def test_the_covariance_of_a_regular_subset_and_a_repeated_mean_image():
+    images = _random_images(4, 6, seed=2)
+    acc = statistics.StatisticsAccumulator(6, covariance_stride=2)
+    for image in images:
+        acc.add(image)
+    stats = acc.result(mean_image_size=12)
+    everything = np.stack(images).reshape(-1, 3).astype(np.float64)
+    subset = np.stack([image[::2, ::2] for image in images]).reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(stats.mean_rgb, everything.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats.std_rgb, subset.std(axis=0), rtol=1e-5)
+    values = np.linalg.eigvalsh(np.cov(subset, rowvar=False, bias=True))[::-1]
+    np.testing.assert_allclose(stats.eigenvalues, values / 255, rtol=1e-4)
+    # Each sample's mean fills its 2x2 square of the 12x12 mean image.
+    mean = np.mean(images, axis=0)
+    assert stats.mean_image.shape == (12, 12, 3)
+    np.testing.assert_allclose(stats.mean_image[::2, ::2], mean, rtol=1e-6)
+    np.testing.assert_allclose(stats.mean_image[1::2, 1::2], mean, rtol=1e-6)
+    with pytest.raises(ValueError, match="multiple of 6, got 8"):
+        acc.result(mean_image_size=8)
+    # The stride travels with the sums; sums saved before it was recorded used every sample.
+    loaded = statistics.StatisticsAccumulator.from_bytes(acc.to_bytes())
+    assert loaded.covariance_stride == 2 and loaded.num_images == 4
+    np.testing.assert_array_equal(loaded.sum_outer, acc.sum_outer)
+    buffer = io.BytesIO()
+    np.savez(buffer, num_images=np.int64(1), sum_image=np.zeros((6, 6, 3), np.uint32), sum_outer=np.zeros((3, 3)))
+    assert statistics.StatisticsAccumulator.from_bytes(buffer.getvalue()).covariance_stride == 1
+
+
+def _statistics_by_both_methods(files: list[pathlib.Path]) -> tuple[statistics.DatasetStatistics, ...]:
+    """Method 1 (every sample of a 256x256 grid) and the converter's method, for the same files."""
+    full = statistics.StatisticsAccumulator(converter.STATISTICS_SIZE)
+    sampled = statistics_accumulator()
+    for path in files:
+        data = path.read_bytes()
+        sampled.add(converter.convert_image(data, with_statistics=True).pixels)
+        with Image.open(io.BytesIO(data)) as image:
+            full.add(converter.central_square(image.convert("RGB"), converter.STATISTICS_SIZE))
+    return full.result(), sampled.result(mean_image_size=converter.STATISTICS_SIZE)
+
+
+# The converter's statistics agree with every sample's within these (docs/converter.md).
+MEAN_TOLERANCE = 0.5  # levels of 0-255, for the mean and the std of each channel
+EIGENVALUE_TOLERANCE = 0.02  # relative, each of the three
+EIGENVECTOR_TOLERANCE = 0.99  # |cosine| between matching eigenvectors, at least
+MEAN_IMAGE_TOLERANCE = 2.0  # levels, RMS over the 256x256x3 mean image
+
+
+@pytest.mark.slow  # 1,000 real images decoded twice, per data set: ~20 s on 2 cores
+@pytest.mark.parametrize("images", ["imagenet-sample", "imagenette"])
+def test_the_sampled_statistics_agree_with_every_samples_on_real_images(shared_data, images):
+    """The real sample's 1,000 originals, and a seeded 1,000 of Imagenette's 9,469 training images."""
+    files = sorted((shared_data / images / "train").glob("*/*"))
+    if images == "imagenette":
+        files = random.Random(0).sample(files, 1000)
+    assert len(files) == 1000
+    full, sampled = _statistics_by_both_methods(files)
+    assert sampled.num_images == full.num_images == 1000
+    np.testing.assert_allclose(sampled.mean_rgb, full.mean_rgb, atol=MEAN_TOLERANCE)
+    np.testing.assert_allclose(sampled.std_rgb, full.std_rgb, atol=MEAN_TOLERANCE)
+    np.testing.assert_allclose(sampled.eigenvalues, full.eigenvalues, rtol=EIGENVALUE_TOLERANCE)
+    cosines = np.abs(np.sum(sampled.eigenvectors * full.eigenvectors, axis=0))
+    assert np.all(cosines >= EIGENVECTOR_TOLERANCE), cosines
+    rms = np.sqrt(np.mean((sampled.mean_image - full.mean_image) ** 2))
+    assert rms <= MEAN_IMAGE_TOLERANCE, rms

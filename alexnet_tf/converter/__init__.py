@@ -18,40 +18,89 @@ The file names shared with the readers are :mod:`alexnet_tf.records`'s, re-expor
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alexnet_tf.converter.files import FORMAT_VERSION, PARTS_DIRECTORY, PLAN_FILE, sha256_file
-from alexnet_tf.converter.image import (
-    JPEG_QUALITY,
-    STATISTICS_SIZE,
-    ConvertedImage,
-    RejectedImageError,
-    central_square,
-    convert_image,
-    sniff_format,
-)
-from alexnet_tf.converter.listing import (
-    IMAGE_EXTENSIONS,
-    ConversionError,
-    ListedFile,
-    SplitListing,
-    list_training_files,
-    list_validation_files,
-)
-from alexnet_tf.converter.manifest import is_converted, merge_manifests
-from alexnet_tf.converter.pool import ProgressBar
-from alexnet_tf.converter.run import ConvertArguments, run_conversion
-from alexnet_tf.converter.verify import iterate_records, verify
-from alexnet_tf.records import (
-    MANIFEST_FILE,
-    MEAN_IMAGE_FILE,
-    METADATA_FILE,
-    REJECTS_FILE,
-    STATISTICS_FILE,
-    SUMMARY_FILE,
-    SYNSETS_FILE,
-)
+from alexnet_tf.converter.image import JPEG_QUALITY
+
+if TYPE_CHECKING:
+    from alexnet_tf.converter.files import FORMAT_VERSION, PARTS_DIRECTORY, PLAN_FILE, sha256_file
+    from alexnet_tf.converter.image import (
+        STATISTICS_SIZE,
+        ConvertedImage,
+        RejectedImageError,
+        central_square,
+        convert_image,
+        sniff_format,
+    )
+    from alexnet_tf.converter.listing import (
+        IMAGE_EXTENSIONS,
+        ConversionError,
+        ListedFile,
+        SplitListing,
+        list_training_files,
+        list_validation_files,
+    )
+    from alexnet_tf.converter.manifest import is_converted, merge_manifests
+    from alexnet_tf.converter.pool import ProgressBar
+    from alexnet_tf.converter.verify import iterate_records, verify
+    from alexnet_tf.records import (
+        MANIFEST_FILE,
+        MEAN_IMAGE_FILE,
+        METADATA_FILE,
+        REJECTS_FILE,
+        STATISTICS_FILE,
+        SUMMARY_FILE,
+        SYNSETS_FILE,
+    )
+
+_PUBLIC = {
+    **dict.fromkeys(["FORMAT_VERSION", "PARTS_DIRECTORY", "PLAN_FILE", "sha256_file"], "alexnet_tf.converter.files"),
+    **dict.fromkeys(
+        ["STATISTICS_SIZE", "ConvertedImage", "RejectedImageError", "central_square", "convert_image", "sniff_format"],
+        "alexnet_tf.converter.image",
+    ),
+    **dict.fromkeys(
+        [
+            "IMAGE_EXTENSIONS",
+            "ConversionError",
+            "ListedFile",
+            "SplitListing",
+            "list_training_files",
+            "list_validation_files",
+        ],
+        "alexnet_tf.converter.listing",
+    ),
+    **dict.fromkeys(["is_converted", "merge_manifests"], "alexnet_tf.converter.manifest"),
+    "ProgressBar": "alexnet_tf.converter.pool",
+    **dict.fromkeys(["iterate_records", "verify"], "alexnet_tf.converter.verify"),
+    **dict.fromkeys(
+        [
+            "MANIFEST_FILE",
+            "MEAN_IMAGE_FILE",
+            "METADATA_FILE",
+            "REJECTS_FILE",
+            "STATISTICS_FILE",
+            "SUMMARY_FILE",
+            "SYNSETS_FILE",
+        ],
+        "alexnet_tf.records",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The names load on first use, not with the package: a worker process imports the package
+    # to run shards.convert_shard, and the modules of the parent's side import TensorFlow.
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'alexnet_tf.converter' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    # Bound here as "from module import ..." would: importing verify.py binds the package's
+    # "verify" to that module, which the function of the same name must replace.
+    globals().update({key: getattr(module, key) for key, where in _PUBLIC.items() if where == module.__name__})
+    return globals()[name]
+
 
 __all__ = [
     "FORMAT_VERSION",
@@ -131,6 +180,8 @@ def convert(
     Raises:
       ConversionError: naming the flag or file, for any problem with the inputs, before any work.
     """
+    from alexnet_tf.converter.run import ConvertArguments, run_conversion
+
     arguments = ConvertArguments(
         train_directory=train_directory,
         validation_directory=validation_directory,

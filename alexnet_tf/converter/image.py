@@ -18,7 +18,15 @@ import numpy as np
 from PIL import Image
 
 JPEG_QUALITY = 95  # for every image the converter re-encodes (converted kinds, --resize)
-STATISTICS_SIZE = 256  # the paper's central 256x256 crop after shorter-side-to-256
+STATISTICS_SIZE = 256  # the mean image's side: the paper's central 256x256 crop after shorter-side-to-256
+# How each training image is sampled for the statistics (docs/converter.md). The manifest records
+# the method, and a resumed or merged conversion refuses shards sampled another way:
+#   1: the central square on a 256x256 grid, every sample in every sum.
+#   2: a STATISTICS_GRID x STATISTICS_GRID grid; the RGB covariance over every COVARIANCE_STRIDE-th
+#      sample of it in each direction; the mean image's samples repeated up to STATISTICS_SIZE.
+STATISTICS_METHOD = 2
+STATISTICS_GRID = 128
+COVARIANCE_STRIDE = 2
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 _MODE_KINDS = {
     "RGB": "",
@@ -89,7 +97,7 @@ def _resize_shorter_side(image: Image.Image, target: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def central_square(image: Image.Image, size: int = STATISTICS_SIZE) -> np.ndarray:
+def central_square(image: Image.Image, size: int = STATISTICS_GRID) -> np.ndarray:
     """The central square of ``image`` sampled on a ``size`` x ``size`` grid, as uint8 RGB.
 
     Nearest-neighbour sampling picks pixels without averaging them, so the statistics of the
@@ -110,7 +118,7 @@ class ConvertedImage:
     width: int
     kind: str
     kept: bool  # True when ``encoded`` is the source file's own bytes
-    pixels: np.ndarray | None = None  # central square for the statistics, when asked for
+    pixels: np.ndarray | None = None  # the central square's samples for the statistics, when asked for
 
 
 def convert_image(
@@ -125,7 +133,8 @@ def convert_image(
       data: the file's bytes.
       resize: if set, the shorter side is rescaled to this many pixels (bicubic, antialiased).
       jpeg_quality: quality of any JPEG this function encodes.
-      with_statistics: also return the central ``STATISTICS_SIZE`` square of the stored image.
+      with_statistics: also return the stored image's central square sampled on the
+        ``STATISTICS_GRID`` grid.
 
     Raises:
       RejectedImageError: the file is empty, not an image, or does not decode; the message says which.

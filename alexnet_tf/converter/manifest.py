@@ -19,11 +19,38 @@ from absl import logging
 
 from alexnet_tf import paths, records, statistics
 from alexnet_tf.converter import files
-from alexnet_tf.converter.image import STATISTICS_SIZE
+from alexnet_tf.converter.image import STATISTICS_METHOD, STATISTICS_SIZE
 from alexnet_tf.converter.listing import ConversionError
-from alexnet_tf.converter.shards import ShardPart
+from alexnet_tf.converter.shards import ShardPart, statistics_accumulator
 
 _SUMMED = ("files", "records", "rejected", "bytes_in", "bytes", "misnamed")
+
+
+class MixedStatisticsError(ConversionError):
+    """Shards whose statistics were sampled by another method than this converter's."""
+
+
+def _mixed_methods_message(output_directory: str, found: str, method: int) -> str:
+    return (
+        f"{output_directory}: {found} sampled by statistics method {method}, and this converter "
+        f"uses method {STATISTICS_METHOD}; the statistics must come from one method. Convert into a new "
+        f"--output_directory, or delete {os.path.join(output_directory, files.PARTS_DIRECTORY)} "
+        "to convert every shard again"
+    )
+
+
+def check_statistics_method(output_directory: str) -> None:
+    """Refuses to resume a conversion whose plan sampled the statistics by another method.
+
+    Raises:
+      MixedStatisticsError: naming the directory, the two methods and what to do.
+    """
+    plan = files.read_json(os.path.join(output_directory, files.PARTS_DIRECTORY, files.PLAN_FILE))
+    if not isinstance(plan, dict) or records.TRAIN_PREFIX not in plan.get("splits", {}):
+        return
+    method = plan.get("statistics_method", 1)  # plans written before the method was recorded
+    if method != STATISTICS_METHOD:
+        raise MixedStatisticsError(_mixed_methods_message(output_directory, "its training shards were", method))
 
 
 def is_converted(output_directory: str) -> bool:
@@ -142,7 +169,7 @@ def merge_manifests(output_directory: str) -> dict[str, Any]:
         "splits": {},
     }
     summary: dict[str, Any] = {"splits": {}}
-    accumulator = statistics.StatisticsAccumulator(STATISTICS_SIZE)
+    accumulator = statistics_accumulator()
     missing, global_index, rejects_lines = [], 0, []
     for split, info in plan["splits"].items():
         merged = _SplitMerge()
@@ -153,6 +180,9 @@ def merge_manifests(output_directory: str) -> dict[str, Any]:
                 missing.append(f"{name} (task {global_index % num_tasks})")
             else:
                 merged.add(split, part)
+                if split == records.TRAIN_PREFIX and part.statistics_method != STATISTICS_METHOD:
+                    found = f"{name} (task {global_index % num_tasks}) was"
+                    raise MixedStatisticsError(_mixed_methods_message(output_directory, found, part.statistics_method))
                 if split == records.TRAIN_PREFIX and not missing:
                     npz = os.path.join(parts_directory, name + ".npz")
                     accumulator.merge(statistics.StatisticsAccumulator.load(npz))
@@ -185,8 +215,9 @@ def merge_manifests(output_directory: str) -> dict[str, Any]:
     files.write_atomically(os.path.join(output_directory, records.REJECTS_FILE), "".join(rejects_lines).encode("utf-8"))
     _write_class_files(output_directory, synsets, plan["texts"])
     if accumulator.num_images:
-        accumulator.result(source=output_directory).save(output_directory)
+        accumulator.result(source=output_directory, mean_image_size=STATISTICS_SIZE).save(output_directory)
         manifest["statistics_file"] = records.STATISTICS_FILE
+        manifest["statistics_method"] = STATISTICS_METHOD
     files.write_json(os.path.join(output_directory, records.MANIFEST_FILE), manifest)
     files.write_json(os.path.join(output_directory, records.SUMMARY_FILE), summary)
     return summary

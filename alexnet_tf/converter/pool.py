@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import shared_memory
@@ -27,9 +28,10 @@ from absl import logging
 from alexnet_tf import console
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-_WORKER_START_TIMEOUT = 600.0  # seconds to wait for the workers to import TensorFlow
+_WORKER_START_TIMEOUT = 600.0  # seconds to wait for the workers to start
 # Inherited by the spawned workers: one BLAS thread each (the pool is the parallelism), and
-# TensorFlow's C++ start-up lines silenced unless the user chose a level.
+# TensorFlow's C++ start-up lines silenced unless the user chose a level (workers import
+# TensorFlow only to write to object storage).
 _WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -117,15 +119,33 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def worker_pool(num_workers: int) -> Iterator[Any]:
-    """Spawned worker processes (safe with TensorFlow, unlike fork), one BLAS thread each.
+def _without_main_script() -> Iterator[None]:
+    """Workers started meanwhile do not re-run the parent's ``__main__`` script.
 
-    Returns once every worker has imported TensorFlow, so the clock and the bar measure the work.
+    A spawned process imports the parent's main script first, so that functions defined there
+    can be unpickled; a command line's script imports TensorFlow, seconds of start-up and
+    hundreds of megabytes per worker. The jobs run module-level functions of this package, so
+    the workers need no script.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def worker_pool(num_workers: int) -> Iterator[Any]:
+    """Spawned worker processes (safe beside TensorFlow, unlike fork), one BLAS thread each.
+
+    Returns once every worker has started, so the clock and the bar measure the work.
     """
     settings = {**_WORKER_ENVIRONMENT, console.LOG_LEVEL_VARIABLE: console.tensorflow_log_level()}
     context = multiprocessing.get_context("spawn")
     ready = context.Value("i", 0)
-    with _environment(settings):  # read by the workers as they start, restored for the parent
+    # The settings are read by the workers as they start, and restored for the parent.
+    with _environment(settings), _without_main_script():
         pool = context.Pool(num_workers, initializer=_init_worker, initargs=(ready,))
     try:
         deadline = time.time() + _WORKER_START_TIMEOUT

@@ -17,6 +17,7 @@ from absl import logging
 
 from alexnet_tf import imagenet, paths, records
 from alexnet_tf.converter import files
+from alexnet_tf.converter.image import STATISTICS_METHOD
 from alexnet_tf.converter.listing import (
     IMAGE_EXTENSIONS,
     ConversionError,
@@ -24,7 +25,12 @@ from alexnet_tf.converter.listing import (
     list_training_files,
     list_validation_files,
 )
-from alexnet_tf.converter.manifest import merge_manifests, warn_about_stale_shards
+from alexnet_tf.converter.manifest import (
+    MixedStatisticsError,
+    check_statistics_method,
+    merge_manifests,
+    warn_about_stale_shards,
+)
 from alexnet_tf.converter.pool import run_jobs
 from alexnet_tf.converter.shards import ShardItem, ShardJob, convert_shard, fingerprint
 
@@ -223,6 +229,7 @@ def plan_jobs(
         "synsets": classes.synsets,
         "texts": classes.texts,
         "max_rejects": arguments.max_rejects,
+        "statistics_method": STATISTICS_METHOD,
         "splits": {},
     }
     jobs: list[ShardJob] = []
@@ -314,6 +321,7 @@ def run_conversion(arguments: ConvertArguments) -> dict[str, Any]:
     num_tasks, task_index = arguments.num_tasks, arguments.task_index
     jobs = [job for index, job in enumerate(jobs) if index % num_tasks == task_index]
     paths.makedirs(os.path.join(output_directory, files.PARTS_DIRECTORY))
+    check_statistics_method(output_directory)
     warn_about_stale_shards(output_directory, plan)
     files.write_json(os.path.join(output_directory, files.PARTS_DIRECTORY, files.PLAN_FILE), plan)
     _announce(arguments, inputs, plan, len(jobs))
@@ -338,7 +346,7 @@ def run_conversion(arguments: ConvertArguments) -> dict[str, Any]:
     try:
         summary = merge_manifests(output_directory)
     except ConversionError as e:
-        if num_tasks == 1:
+        if num_tasks == 1 or isinstance(e, MixedStatisticsError):
             raise
         logging.info("Task %d of %d done; the merge waits for the other tasks: %s", task_index, num_tasks, e)
         return {**run, "complete": False, "ok": done.rejected <= arguments.max_rejects}

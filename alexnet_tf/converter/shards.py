@@ -5,6 +5,10 @@ Each shard is written under a temporary name and renamed when complete, then its
 statistics sums in ``.parts/<shard>.npz``) is written after it. A re-run skips every shard whose
 record still matches its inputs (the fingerprint) and whose bytes still hash to the recorded
 checksum, so a run killed at any moment and run again gives the bytes of an uninterrupted run.
+
+Nothing here imports TensorFlow: records are encoded and framed by :mod:`alexnet_tf.records`
+and local files written with Python's own, so a worker process costs a decoder's memory and
+start-up, not TensorFlow's (see :mod:`~alexnet_tf.converter.files` for other schemes).
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
-import tensorflow as tf
-
-from alexnet_tf import paths, records, statistics
+from alexnet_tf import records, statistics
 from alexnet_tf.converter import files
-from alexnet_tf.converter.image import STATISTICS_SIZE, RejectedImageError, convert_image
+from alexnet_tf.converter.image import (
+    COVARIANCE_STRIDE,
+    STATISTICS_GRID,
+    STATISTICS_METHOD,
+    RejectedImageError,
+    convert_image,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +90,9 @@ class ShardPart:
     misnamed: int
     classes: dict[str, int]
     seconds: float
+    # How the statistics' sums were sampled (image.STATISTICS_METHOD); records written before
+    # the method was recorded were sampled by method 1.
+    statistics_method: int = 1
 
     @classmethod
     def load(cls, path: str) -> ShardPart | None:
@@ -112,13 +123,32 @@ def fingerprint(options: dict[str, Any], name: str, items: Sequence[ShardItem], 
     return digest.hexdigest()
 
 
+def statistics_accumulator() -> statistics.StatisticsAccumulator:
+    """Empty sums for the samples ``convert_image`` returns, as ``STATISTICS_METHOD`` adds them."""
+    return statistics.StatisticsAccumulator(STATISTICS_GRID, COVARIANCE_STRIDE)
+
+
 def _shard_verifies(job: ShardJob, part: ShardPart | None) -> bool:
-    if part is None or part.fingerprint != job.fingerprint:
+    if part is None or part.fingerprint != job.fingerprint or part.statistics_method != STATISTICS_METHOD:
         return False
-    if job.with_statistics and not paths.exists(job.statistics_path):
+    if job.with_statistics and not files.exists(job.statistics_path):
         return False
     path = job.path
-    return paths.exists(path) and paths.size(path) == part.bytes and files.sha256_file(path) == part.sha256
+    return files.exists(path) and files.size(path) == part.bytes and files.sha256_file(path) == part.sha256
+
+
+class _HashingWriter:
+    """Writes to a file and hashes what it writes, so the shard's checksum needs no second read."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
 
 
 @dataclasses.dataclass
@@ -136,7 +166,7 @@ class _Tallies:
 def _write_item(
     item: ShardItem,
     job: ShardJob,
-    writer: tf.io.TFRecordWriter,
+    writer: _HashingWriter,
     tallies: _Tallies,
     accumulator: statistics.StatisticsAccumulator | None,
 ) -> None:
@@ -159,17 +189,17 @@ def _write_item(
     tallies.classes[item.wnid] += 1
     if accumulator is not None:
         accumulator.add(image.pixels)
-    writer.write(
-        records.serialize_example(
-            image.encoded,
-            image.height,
-            image.width,
-            item.label,
-            item.wnid,
-            job.texts[item.wnid],
-            os.path.basename(item.relpath),
-        )
+    example = records.serialize_example(
+        image.encoded,
+        image.height,
+        image.width,
+        item.label,
+        item.wnid,
+        job.texts[item.wnid],
+        os.path.basename(item.relpath),
     )
+    for chunk in records.frame_record(example):
+        writer.write(chunk)
     tallies.written += 1
 
 
@@ -185,23 +215,24 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
         count(len(job.items))
         return ShardResult(part, skipped=True)
     # Names, not a glob: the output directory's own name may hold glob characters.
-    for name in tf.io.gfile.listdir(job.output_directory):
+    for name in files.listdir(job.output_directory):
         if name.startswith(job.name + ".tmp-"):
-            tf.io.gfile.remove(os.path.join(job.output_directory, name))
+            files.remove(os.path.join(job.output_directory, name))
     start = time.time()
-    accumulator = statistics.StatisticsAccumulator(STATISTICS_SIZE) if job.with_statistics else None
+    accumulator = statistics_accumulator() if job.with_statistics else None
     tallies = _Tallies()
-    tmp = paths.temporary_name(job.path)
-    with tf.io.TFRecordWriter(tmp) as writer:
+    tmp = files.temporary_name(job.path)
+    with files.open_file(tmp, "wb") as file:
+        writer = _HashingWriter(file)
         for item in job.items:
             _write_item(item, job, writer, tallies, accumulator)
             count(1)
-    sha256 = files.sha256_file(tmp)
-    size = paths.size(tmp)
-    tf.io.gfile.rename(tmp, job.path, overwrite=True)
+    sha256, size = writer.digest.hexdigest(), files.size(tmp)
+    if size != writer.size:
+        raise OSError(f"{tmp}: {size} bytes on disk, {writer.size} written; convert again")
+    files.rename(tmp, job.path)
     if accumulator is not None:
-        accumulator.save(paths.temporary_name(job.statistics_path))
-        tf.io.gfile.rename(paths.temporary_name(job.statistics_path), job.statistics_path, overwrite=True)
+        files.write_atomically(job.statistics_path, accumulator.to_bytes())
     part = ShardPart(
         name=job.name,
         split=job.split,
@@ -217,6 +248,7 @@ def convert_shard(job: ShardJob, count: Callable[[int], None]) -> ShardResult:
         misnamed=tallies.misnamed,
         classes=dict(sorted(tallies.classes.items())),
         seconds=round(time.time() - start, 3),
+        statistics_method=STATISTICS_METHOD,
     )
     part.save(job.part_path)
     return ShardResult(part, skipped=False)
