@@ -81,9 +81,12 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     dataset = FLAGS.dataset or ("synthetic" if FLAGS.synthetic else "folders" if FLAGS.image_dir
                                 else "records" if FLAGS.data_dir else "shapes")
-    if (dataset == "folders") != bool(FLAGS.image_dir):
-        raise config_lib.ConfigError(f"--image_dir={FLAGS.image_dir!r} goes with --dataset=folders (its default), "
-                                     f"not --dataset={dataset}")
+    if dataset == "folders" and not FLAGS.image_dir:
+        raise config_lib.ConfigError("--dataset=folders needs --image_dir, a folder of train/<class>/ and "
+                                     "val/<class>/ image folders")
+    if FLAGS.image_dir and dataset != "folders":
+        raise config_lib.ConfigError(f"--image_dir={FLAGS.image_dir} is the data set kind 'folders': leave "
+                                     f"--dataset={dataset} out")
     preset = FLAGS.preset or (FINETUNE_PRESET if FLAGS.init_from else DATASET_PRESETS[dataset])
     overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
                  if FLAGS[f.name].value is not None}

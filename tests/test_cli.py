@@ -49,6 +49,7 @@ BAD_INPUT = [
     (TRAIN, ["--dataset=imagenette", "--imagenette_dir=/nonexistent"], "--imagenette_dir=/nonexistent: no such"),
     (TRAIN, ["--workdir=s3://bucket/run"], "s3://"),
     (TRAIN, ["--image_dir=/nonexistent"], "--image_dir=/nonexistent: no such directory"),
+    (TRAIN, ["--dataset=folders"], "--dataset=folders needs --image_dir"),
     (TRAIN, ["--init_from=/nonexistent.caffemodel"], "--init_from=/nonexistent.caffemodel: no such file"),
     (TRAIN, ["--trainable_from=fc9"], "--trainable_from='fc9': name one of conv1"),
     (TRAIN, ["extra"], "unexpected arguments: ['extra']"),
