@@ -33,6 +33,8 @@ LRN_ALPHA_CONVENTIONS = ("paper", "caffe")  # alpha times the sum of squares / a
 CHANNEL_ORDERS = ("rgb", "bgr")
 MEAN_SOURCES = ("data", "caffe")  # the converter's training-set statistics / Caffe's ILSVRC-2012 mean
 RESIZE_MODES = ("crop", "squash")  # shorter side then the central square / both sides, aspect not kept
+# The network's layers with weights, input to output: --trainable_from names one ("" trains all).
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,13 @@ class Config:
     steps_per_loop: int = 20
     profile_steps: str = ""  # "a,b": a TensorBoard profile of global steps a to b (logs/profile)
 
+    # Fine-tuning (finetune.py). A fresh run starts from this source's weights, all but fc8's:
+    # a .caffemodel / .npy of BVLC AlexNet, or a work directory / model.keras of this project.
+    init_from: str = ""
+    # The lowest layer that trains; the layers below it (and their batch normalisation, which then
+    # runs in inference mode) stay as they are. "" trains every layer.
+    trainable_from: str = ""
+
     # Serving export (export.py).
     export_precision: str = "float32"  # "float32" or "bfloat16" (weights stored in bfloat16)
 
@@ -153,6 +162,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
         batch_size=32, learning_rate=0.01, dropout=0.5, lr_schedule="step:22,24", batch_norm=True,
         epochs=25, shuffle_buffer=4000, jit_compile=True,
+    ),
+    # Fine-tuning a trained network on a folder of images (train.py --init_from --image_dir): the
+    # architecture and conventions come from the source; a tenth of the paper's rate, few epochs,
+    # the rate divided by 10 for the last two. These values are a starting point, NOT chosen on a
+    # selection split nor measured on scored images (that measurement is still to be made).
+    "finetune": dict(
+        batch_size=32, learning_rate=0.001, epochs=10, lr_schedule="step:8", shuffle_buffer=2000,
     ),
 }
 
@@ -264,6 +280,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("--deterministic and --jit_compile (on in the imagenette preset): XLA has no "
                           "deterministic max-pool gradient; choose one (--nojit_compile for a deterministic run)")
     _choose("export_precision", c.export_precision, EXPORT_PRECISIONS)
+    _require(c.trainable_from in ("", *WEIGHT_LAYERS), "trainable_from", c.trainable_from,
+             f"name one of {', '.join(WEIGHT_LAYERS)}, the lowest layer that trains, or '' to train all")
     # The conventions the weights were trained with (the paper's, or imported Caffe weights').
     _choose("lrn_alpha_convention", c.lrn_alpha_convention, LRN_ALPHA_CONVENTIONS)
     _choose("channel_order", c.channel_order, CHANNEL_ORDERS)

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import distribute, evaluation, preprocess
+from alexnet_tf import distribute, evaluation, finetune, preprocess
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.data import Inputs
@@ -83,6 +83,7 @@ class Trainer:
             keras.utils.set_random_seed(config.seed)
             with self.strategy.scope():
                 self.model = model_lib.build_from_config(config, seed=config.seed)
+                finetune.freeze_below(self.model, config.trainable_from)
                 self.sgd = PaperSGD(config.learning_rate, config.momentum, config.weight_decay)
                 self.optimizer = (
                     keras.optimizers.LossScaleOptimizer(self.sgd)

@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
+from alexnet_tf import curves, data, distribute, evaluation, export, finetune, paths, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config, ConfigError, parse_profile_steps
 from alexnet_tf.data import Inputs
@@ -136,6 +136,8 @@ def _start(config: Config, workdir: str, inputs: Inputs, strategy: tf.distribute
             # The preprocessing travels with the model: evaluation reads these, not the data dir's.
             inputs.stats.save(workdir)
     trainer = Trainer(config, strategy, inputs.stats)
+    if config.init_from and not latest:  # a resumed run restores its own weights below
+        finetune.load_source_weights(trainer.model, config)
     checkpoints = workdir_lib.Checkpoints(trainer.checkpoint, trainer.global_step, workdir, chief,
                                           distribute.task_id(strategy))
     if latest:
@@ -187,7 +189,7 @@ def _train(
     verbose: bool,
 ) -> dict[str, Any]:
     strategy = strategy or distribute.make_strategy()
-    inputs = _inputs_of(config, inputs, synthetic)
+    inputs = finetune.keep_source_mean(config, _inputs_of(config, inputs, synthetic))
     chief = distribute.is_chief(strategy)
     trainer, checkpoints = _start(config, workdir, inputs, strategy, chief)
     if chief:

@@ -53,9 +53,10 @@ CHECKPOINTS_TO_KEEP = 3
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
-# Config fields that change the model's variables: a resumed run must keep them.
+# Config fields that change the model's variables (or, trainable_from, the optimiser's): a resumed
+# run must keep them.
 MODEL_FIELDS = ("num_classes", "input_size", "width", "towers", "conv_width", "lrn", "overlapping_pooling",
-               "batch_norm")
+               "batch_norm", "trainable_from")
 
 
 def _directory_of(path: str) -> str:

@@ -85,7 +85,7 @@ def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
                     "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps",
-                    "stall_warning_steps", "mean_file"}
+                    "stall_warning_steps", "mean_file", "init_from", "trainable_from"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
 
 
@@ -104,6 +104,7 @@ BROKEN = [
     (dict(image_size=200), "--image_size=200: smaller than --input_size=227"),
     (dict(mean_subtraction="pixel"), "--mean_subtraction='pixel': choose one of image, channel"),
     (dict(pca_std=-0.1), "--pca_std=-0.1"),
+    (dict(trainable_from="fc9"), "--trainable_from='fc9': name one of conv1"),
     (dict(label_offset=-1), "--label_offset=-1"),
     (dict(shuffle_buffer=0), "--shuffle_buffer=0"),
     (dict(batch_size=0), "--batch_size=0"),
@@ -147,7 +148,7 @@ def test_each_rule_is_checked_when_the_config_is_made(overrides, message):
 def test_every_preset_is_valid_and_unknown_names_are_refused():
     for preset in config_lib.PRESETS:
         get_config(preset)
-    with pytest.raises(ConfigError, match="--preset='nope': choose one of imagenette, paper, shapes, tiny"):
+    with pytest.raises(ConfigError, match="--preset='nope': choose one of finetune, imagenette, paper, shapes, tiny"):
         get_config("nope")
     with pytest.raises(ConfigError, match="unknown config field"):
         get_config("paper", lerning_rate=0.1)
