@@ -62,8 +62,11 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         records = pathlib.Path(tmp) / "records"
-        converter.convert(train_directory=FLAGS.sample_dir, output_directory=str(records), train_shards=8,
-                          num_workers=2)
+        sample = pathlib.Path(FLAGS.sample_dir).parent
+        labels = sample.parent / "metadata" / "imagenet_2012_validation_synset_labels.txt"
+        converter.convert(train_directory=FLAGS.sample_dir, validation_directory=str(sample / "val"),
+                          validation_labels_file=str(labels), output_directory=str(records), train_shards=8,
+                          validation_shards=1, num_workers=2)
         shards = sorted(records.glob("train-*"))
         total_shards = len(shards) * FLAGS.copies
         for copy in range(1, FLAGS.copies):  # the same records again, under new shard names
