@@ -22,15 +22,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, imagenet, paths, preprocess
+from alexnet_tf import data, imagenet, metrics, paths, preprocess
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
 from alexnet_tf.workdir import CURVES_FILE
 
-TOP_K = 5  # the paper's top-5 error; training's figures and the export's outputs use it too
-MOST_CONFUSED = 10
 WORST_CLASSES = 10
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -49,25 +47,6 @@ def as_predictor(model: keras.Model | Predictor) -> Predictor:
     if isinstance(model, keras.Model):
         return lambda images: model(images, training=False)
     return model
-
-
-def top_k_classes(probabilities: tf.Tensor, k: int) -> tf.Tensor:
-    """The ``k`` most probable classes of each row, best first: [B, C] -> int32 [B, k].
-
-    The one top-k definition of training and evaluation: ties go to the lower class index
-    (``tf.math.top_k``'s order), so a collapsed network with uniform outputs scores as one
-    that always predicts class 0, not as one that is always right (``tf.math.in_top_k``
-    counts every tied class as a hit).
-    """
-    return tf.math.top_k(tf.cast(probabilities, tf.float32), k=k).indices
-
-
-def correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tuple[tf.Tensor, ...]:
-    """(top-1 hits, top-k hits, images) of a batch by ``top_k_classes``; training counts with it too."""
-    hits = tf.equal(top_k_classes(probabilities, top_k), tf.cast(labels, tf.int32)[:, None])
-    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.float32))
-    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.float32))
-    return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
 
 
 def _top_k_step(
@@ -90,7 +69,7 @@ def _top_k_step(
             prob = tf.reduce_mean(tf.reshape(prob, [shape[0], shape[1], -1]), axis=1)
         else:
             prob = tf.cast(predict(images), tf.float32)
-        return top_k_classes(prob, k)
+        return metrics.top_k_classes(prob, k)
 
     return step
 
@@ -125,7 +104,7 @@ def predict_top_k(
       batch (tracing and pipeline warm-up) when there is more than one batch.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    step = _top_k_step(predict, ten_crop, min(TOP_K, num_classes), finish or (lambda images: images))
+    step = _top_k_step(predict, ten_crop, metrics.k_for(num_classes), finish or (lambda images: images))
 
     distributed = strategy.experimental_distribute_dataset(dataset)
 
@@ -160,56 +139,6 @@ def predict_top_k(
     else:
         seconds = end - start
     return tops, labels, seconds
-
-
-def metrics(
-    top_k: np.ndarray, labels: np.ndarray, num_classes: int, class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Top-1 and top-5 error, per-class accuracy and the most confused pairs.
-
-    Args:
-      top_k: [N, k] predicted classes, best first (k >= 1; top-5 error uses the first 5).
-      labels: [N] true classes.
-      num_classes: the number of classes.
-      class_names: names for the report; ``class_i`` when None.
-    """
-    names = list(class_names) if class_names is not None else imagenet.fallback_class_names(num_classes)
-    correct_top1 = top_k[:, 0] == labels
-    correct_top5 = np.any(top_k[:, :TOP_K] == labels[:, None], axis=1)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, top_k[:, 0]), 1)
-    counts = confusion.sum(axis=1)
-    per_class = [
-        {
-            "class": i,
-            "name": names[i],
-            "images": int(counts[i]),
-            "accuracy": float(confusion[i, i] / counts[i]) if counts[i] else None,
-        }
-        for i in range(num_classes)
-    ]
-    off_diagonal = confusion.copy()
-    np.fill_diagonal(off_diagonal, 0)
-    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:MOST_CONFUSED]
-    confused = []
-    for index in flat:
-        true, predicted = np.unravel_index(index, confusion.shape)
-        if off_diagonal[true, predicted] == 0:
-            break
-        confused.append({
-            "true": int(true),
-            "true_name": names[true],
-            "predicted": int(predicted),
-            "predicted_name": names[predicted],
-            "count": int(off_diagonal[true, predicted]),
-            "share_of_true_class": float(off_diagonal[true, predicted] / counts[true]),
-        })
-    return {
-        "top1_error": float(1.0 - correct_top1.mean()),
-        "top5_error": float(1.0 - correct_top5.mean()),
-        "per_class": per_class,
-        "most_confused": confused,
-    }
 
 
 def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[list[str], list[str]]:
@@ -328,7 +257,7 @@ def evaluate(
             predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress,
             num_batches=-(-num_images // batch_size) if num_images else None, finish=finish,
         )
-        result = metrics(top_k, labels, config.num_classes, class_names)
+        result = metrics.summarize(top_k, labels, config.num_classes, class_names)
         result["seconds"] = seconds
         result["images_per_second"] = len(labels) / seconds
         report[key] = result

@@ -29,9 +29,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import paths, preprocess
+from alexnet_tf import metrics, paths, preprocess
 from alexnet_tf.config import Config
-from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.statistics import DatasetStatistics
 
 SERVING_SIGNATURE = "serving_default"
@@ -185,7 +184,7 @@ def export_saved_model(
     elif not computes_in_float32(model):  # trained under a mixed policy: serve what float32 computes
         model = float32_copy(model)
     size = config.input_size
-    top_k = min(TOP_K, config.num_classes)
+    top_k = metrics.k_for(config.num_classes)
     wnid_table = tf.constant(list(wnids), tf.string)
     name_table = tf.constant(list(names), tf.string)
 

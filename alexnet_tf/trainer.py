@@ -18,11 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import distribute, evaluation, preprocess
+from alexnet_tf import distribute, metrics, preprocess
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.data import Inputs
-from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.optimizer import LearningRateSchedule, PaperSGD
 from alexnet_tf.statistics import DatasetStatistics
 
@@ -117,7 +116,7 @@ class Trainer:
         model, optimizer, strategy, finish = self.model, self.optimizer, self.strategy, self.finish
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         global_batch = self.global_batch
-        top_k = min(TOP_K, self.config.num_classes)
+        top_k = metrics.k_for(self.config.num_classes)
         smoothing = self.config.label_smoothing
         # Moving statistics of --batch_norm, assigned by each replica in its forward pass.
         moving = [v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))]
@@ -149,7 +148,7 @@ class Trainer:
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             if moving:
                 distribute.mean_over_replicas(moving)
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k), 1.0 - finite)
+            return (loss, *metrics.correct_counts(labels, probabilities, top_k), 1.0 - finite)
 
         # Traced inside the loop below (and the benchmark's in-graph loop), not compiled alone.
         def train_step(batch):
@@ -182,12 +181,12 @@ class Trainer:
 
     def _make_eval_step(self) -> Callable[[Any], list[tf.Tensor]]:
         model, strategy, finish = self.model, self.strategy, self.finish
-        top_k = min(TOP_K, self.config.num_classes)
+        top_k = metrics.k_for(self.config.num_classes)
 
         def figures(images, labels):
             probabilities = model(images, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k))
+            return (loss, *metrics.correct_counts(labels, probabilities, top_k))
 
         def replica_step(images, labels):
             images = finish(images)

@@ -42,17 +42,6 @@ def _direct_probabilities(run, model, view) -> np.ndarray:
     return prob.reshape(len(run.val_images), 10, -1).mean(axis=1)
 
 
-def test_metrics_known_answer():
-    top_k = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [1, 5, 6, 7, 8], [3, 0, 1, 2, 4]])
-    labels = np.array([0, 0, 0, 3])
-    result = evaluation.metrics(top_k, labels, num_classes=9)
-    assert result["top1_error"] == pytest.approx(0.5)
-    assert result["top5_error"] == pytest.approx(0.25)
-    accuracy = {c["class"]: c["accuracy"] for c in result["per_class"]}
-    assert accuracy[0] == pytest.approx(1 / 3) and accuracy[3] == 1.0 and accuracy[5] is None
-    assert [(p["true"], p["predicted"], p["count"]) for p in result["most_confused"]] == [(0, 1, 1), (0, 2, 1)]
-
-
 def test_ten_crop_averages_softmax_probabilities_not_logits():
     """Section 4.1: the prediction is the average of the ten patches' softmax outputs.
 

@@ -46,23 +46,6 @@ def _run_script(*args, timeout=300):
 # Metrics: one top-k definition
 
 
-def test_training_metrics_break_ties_as_the_evaluation_does():
-    """Uniform outputs (a collapsed network) are not 100% right: ties go to the lower class."""
-    uniform = tf.fill([6, 10], 0.1)
-    labels = tf.constant([0, 3, 3, 7, 9, 4], tf.int32)
-    top1, top5, count = (float(v) for v in evaluation.correct_counts(labels, uniform, 5))
-    report = evaluation.metrics(evaluation.top_k_classes(uniform, 5).numpy(), labels.numpy(), 10)
-    assert count == 6
-    assert top1 == 1.0  # only label 0: the tie's winner
-    assert top5 == 4.0  # labels 0, 3, 3, 4 are among classes 0-4
-    assert 1 - top1 / count == pytest.approx(report["top1_error"])
-    assert 1 - top5 / count == pytest.approx(report["top5_error"])
-    # A partial tie: classes 2 and 5 share the top; the lower index wins in both definitions.
-    tied = tf.constant([[0.0, 0.0, 0.4, 0.0, 0.0, 0.4, 0.2, 0.0, 0.0, 0.0]] * 2)
-    top1, _, _ = evaluation.correct_counts(tf.constant([2, 5]), tied, 5)
-    assert float(top1) == 1.0
-
-
 def test_validation_of_a_collapsed_network_counts_ties_as_misses():
     config = _tiny(dropout=0.0)
     trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
