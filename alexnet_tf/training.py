@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, paths, statistics
+from alexnet_tf import curves, data, distribute, evaluation, export, paths, reports, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config, ConfigError, parse_profile_steps
 from alexnet_tf.data import Inputs
@@ -366,7 +366,7 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
         return results
-    wnids, names = evaluation.data_class_labels(config.num_classes, inputs.data_dir)
+    wnids, names = reports.data_class_labels(config.num_classes, inputs.data_dir)
     stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
     report_dir = os.path.join(workdir, workdir_lib.REPORT_DIR)
     report = evaluation.evaluate(trainer.model, config, inputs.data_dir,

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from converted import SHAPES
 
-from alexnet_tf import converter, data, evaluation, export, figures, paths, records, statistics, training
+from alexnet_tf import converter, data, evaluation, export, figures, paths, records, reports, statistics, training
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import get_config
 
@@ -201,7 +201,7 @@ def _report_without_timings(report: dict) -> dict:
 
 def _run(config, data_dir: str, workdir: str) -> tuple[dict, dict, list[np.ndarray]]:
     summary = training.train(config.replace(data_dir=data_dir), workdir, verbose=False)
-    report = paths.read_json(os.path.join(workdir, workdir_lib.REPORT_DIR, evaluation.REPORT_JSON))
+    report = paths.read_json(os.path.join(workdir, workdir_lib.REPORT_DIR, reports.REPORT_JSON))
     model, _ = workdir_lib.load_model(workdir)
     return summary, report, [np.array(w) for w in model.weights]
 
@@ -227,12 +227,12 @@ def test_a_run_on_ram_matches_the_local_run_and_resumes(shapes_records, tmp_path
     assert summary["workdir"] == workdir and summary["saved_model"] == os.path.join(workdir, workdir_lib.EXPORT_DIR)
     assert summary["summary"] == os.path.join(workdir, workdir_lib.SUMMARY_FILE)
     for name in (workdir_lib.CONFIG_FILE, workdir_lib.SUMMARY_FILE, workdir_lib.MODEL_FILE, workdir_lib.CURVES_FILE,
-                 records.STATISTICS_FILE, os.path.join(workdir_lib.REPORT_DIR, evaluation.REPORT_MD),
+                 records.STATISTICS_FILE, os.path.join(workdir_lib.REPORT_DIR, reports.REPORT_MD),
                  os.path.join(workdir_lib.EXPORT_DIR, "saved_model.pb"), os.path.join(workdir_lib.EXPORT_DIR,
                                                                                        export.LABELS_FILE)):
         assert paths.exists(os.path.join(workdir, name)), name
     assert paths.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))["workdir"] == workdir
-    assert "(../curves.png)" in paths.read_text(os.path.join(workdir, workdir_lib.REPORT_DIR, evaluation.REPORT_MD))
+    assert "(../curves.png)" in paths.read_text(os.path.join(workdir, workdir_lib.REPORT_DIR, reports.REPORT_MD))
     assert tf.io.gfile.glob(os.path.join(workdir, workdir_lib.LOG_DIR, "train", "events.out.tfevents.*"))
 
     # The SavedModel on ram:// serves the same probabilities as the local one.

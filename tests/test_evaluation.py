@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from eval_helpers import ROOT
 
-from alexnet_tf import evaluation, export, preprocess
+from alexnet_tf import evaluation, export, preprocess, records, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
@@ -94,10 +94,10 @@ def test_report_matches_a_direct_computation(run, report):
 
 def test_report_files(report):
     result, report_dir = report
-    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    saved = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert saved["center_crop"]["top1_error"] == result["center_crop"]["top1_error"]
     assert saved["ten_crop"]["top5_error"] == result["ten_crop"]["top5_error"]
-    markdown = (report_dir / evaluation.REPORT_MD).read_text()
+    markdown = (report_dir / reports.REPORT_MD).read_text()
     for text in ("| this model, centre crop |", "| this model, 10 crops |", "40.7 %", "18.2 %", "37.5 %", "17.0 %",
                  f"{100 * result['ten_crop']['top1_error']:.1f} %", "not comparable"):
         assert text in markdown
@@ -193,19 +193,19 @@ def test_evaluating_through_the_saved_model_gives_the_same_report(run, report, t
 
 
 def test_class_labels():
-    wnids, names = evaluation.class_labels(1000)
+    wnids, names = reports.class_labels(1000)
     assert len(wnids) == len(names) == 1000 and names[0].startswith("tench")
     with pytest.raises(ValueError, match="--synsets"):
-        evaluation.class_labels(10)
+        reports.class_labels(10)
 
 
 def test_class_labels_read_the_metadata_beside_the_synsets_file(tmp_path):
     """The built-in data set's made-up wnids get their names from metadata.txt beside synsets.txt."""
     synsets = tmp_path / "synsets.txt"
     synsets.write_text("n99000000\nn01440764\n")
-    assert evaluation.class_labels(2, str(synsets))[1] == ["n99000000", "tench, Tinca tinca"]
-    (tmp_path / evaluation.METADATA_FILE).write_text("n99000000\tdisc\nn01440764\tfish\n")
-    wnids, names = evaluation.class_labels(2, str(synsets))
+    assert reports.class_labels(2, str(synsets))[1] == ["n99000000", "tench, Tinca tinca"]
+    (tmp_path / records.METADATA_FILE).write_text("n99000000\tdisc\nn01440764\tfish\n")
+    wnids, names = reports.class_labels(2, str(synsets))
     assert wnids == ["n99000000", "n01440764"] and names == ["disc", "fish"]
 
 
@@ -221,9 +221,9 @@ def test_evaluate_cli(shared_data, run, tmp_path):
                "--figures", "--figure_train_images=32"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    saved = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert set(saved) >= {"center_crop", "ten_crop"}
-    assert "tench, Tinca tinca" in (report_dir / evaluation.REPORT_MD).read_text()
+    assert "tench, Tinca tinca" in (report_dir / reports.REPORT_MD).read_text()
     assert sorted(p.name for p in (report_dir / "figures").iterdir()) == [
         "figure3_conv1_kernels.png", "figure4_neighbours.png", "figure4_predictions.png"]
     usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],
