@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, imagenet, metrics, preprocess, reports
+from alexnet_tf import data, distribute, imagenet, metrics, preprocess, reports
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
@@ -45,9 +45,7 @@ def _top_k_step(
 
     def step(features: Any) -> tf.Tensor:
         images = finish(features)
-        # A replica gets no images when the last global batch is smaller than the replicas need;
-        # on CPU a convolution of an empty batch returns the wrong shape, so the network is not run.
-        return tf.cond(tf.shape(images)[0] > 0, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
+        return distribute.unless_empty_replica(images, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
 
     def classes(images: tf.Tensor) -> tf.Tensor:
         if ten_crop:

@@ -190,10 +190,8 @@ class Trainer:
 
         def replica_step(images, labels):
             images = finish(images)
-            # The last global batch can leave a replica without images; a convolution of an
-            # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
-            return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
-                           lambda: (tf.constant(0.0),) * 4)
+            return distribute.unless_empty_replica(images, lambda: figures(images, labels),
+                                                   lambda: (tf.constant(0.0),) * 4)
 
         @tf.function(reduce_retracing=True)
         def eval_step(batch):
