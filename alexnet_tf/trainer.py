@@ -3,7 +3,7 @@ compiled steps.
 
 ``Trainer`` builds the network and the optimiser inside the strategy's scope and compiles three
 functions: a loop of ``steps_per_loop`` training steps (each ``strategy.run`` on one batch from the
-distributed iterator, the device finishing the host's uint8 crops first), its figures summed over
+distributed iterator, the device finishing the host's uint8 crops first), its metrics summed over
 replicas and steps on the device; and the validation step. ``training.py`` drives it: epochs,
 checkpoints, the progress bar, SIGTERM and the end of a run.
 """
@@ -30,8 +30,8 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped without saving."""
 
 
-class LoopFigures(NamedTuple):
-    """A training loop's figures, summed over its steps (and replicas) on the device."""
+class LoopMetrics(NamedTuple):
+    """A training loop's metrics, summed over its steps (and replicas) on the device."""
 
     loss_sum: float  # each step's mean loss times its images
     top1: float  # top-1 correct
@@ -183,14 +183,14 @@ class Trainer:
         model, strategy, finish = self.model, self.strategy, self.finish
         top_k = metrics.k_for(self.config.num_classes)
 
-        def figures(images, labels):
+        def replica_metrics(images, labels):
             probabilities = model(images, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
             return (loss, *metrics.correct_counts(labels, probabilities, top_k))
 
         def replica_step(images, labels):
             images = finish(images)
-            return distribute.unless_empty_replica(images, lambda: figures(images, labels),
+            return distribute.unless_empty_replica(images, lambda: replica_metrics(images, labels),
                                                    lambda: (tf.constant(0.0),) * 4)
 
         @tf.function(reduce_retracing=True)
@@ -239,11 +239,11 @@ class Trainer:
             self._shared_iterator = (inputs, self.distribute(inputs, epoch))
         return self._shared_iterator[1]
 
-    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopFigures, int | None]:
+    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopMetrics, int | None]:
         """``steps`` optimisation steps in one call to the device.
 
         Returns:
-          The loop's figures, summed over its steps on the device, and the index (0-based, in
+          The loop's metrics, summed over its steps on the device, and the index (0-based, in
           the loop) of the first step whose loss, probabilities or gradients were not finite on
           some replica, or None. The loop stops after that step.
         """
@@ -253,16 +253,16 @@ class Trainer:
             self._loop_function = self._train_loop.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
             self._loop_iterator = iterator
         *totals, first = (float(v) for v in self._loop_function(iterator, tf.constant(steps, tf.int32)).numpy())
-        return LoopFigures(*totals), (int(first) if first >= 0 else None)
+        return LoopMetrics(*totals), (int(first) if first >= 0 else None)
 
     def train_step(self, iterator: Iterator) -> tuple[float, float, float, float]:
         """One optimisation step: (mean loss, top-1 correct, top-5 correct, images).
 
         The loss is NaN when a replica's loss or gradients were not finite.
         """
-        figures, non_finite = self.train_loop(iterator, 1)
-        loss = figures.loss_sum / figures.images if figures.images else 0.0
-        return (loss if non_finite is None else math.nan), figures.top1, figures.top5, figures.images
+        loop, non_finite = self.train_loop(iterator, 1)
+        loss = loop.loss_sum / loop.images if loop.images else 0.0
+        return (loss if non_finite is None else math.nan), loop.top1, loop.top5, loop.images
 
     def validate(self, inputs: Inputs) -> dict[str, float] | None:
         """Centre-crop loss and top-1/top-5 error over the validation inputs, or None without any."""

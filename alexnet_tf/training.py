@@ -4,7 +4,7 @@ The model, the optimiser and the compiled steps are ``trainer.Trainer``'s. One l
 strategy (``distribute.make_strategy``: one device, ``MirroredStrategy`` over GPUs,
 ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` that runs
 ``steps_per_loop`` steps, each ``strategy.run`` on a batch from
-``distribute_datasets_from_function``, its figures summed over replicas and steps on the device, so
+``distribute_datasets_from_function``, its metrics summed over replicas and steps on the device, so
 the host (progress bar, TensorBoard, SIGTERM, the NaN check, checkpoints) sees the run once per
 loop. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585),
 so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the batches
@@ -89,7 +89,7 @@ def train(
         (centre crop and 10-crop) and export the SavedModel.
       step_callback: called after every loop of ``config.steps_per_loop`` steps (fewer at the end
         of an epoch, before a checkpoint step and at ``--profile_steps``' bounds) with (global
-        step at its end, the loop's figures: mean loss, top-1/top-5 error, learning rate, images/s).
+        step at its end, the loop's metrics: mean loss, top-1/top-5 error, learning rate, images/s).
       verbose: show a progress bar.
 
     Returns:
@@ -313,14 +313,14 @@ def _train_epoch(
         profiler.after_loop(global_step)
         totals += loop
         loss, top1, top5, count = loop.loss_sum / loop.images, loop.top1, loop.top5, loop.images
-        figures = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
-                   "lr": rate, "images/s": count / seconds}
-        progress.update(step, [(k, v) for k, v in figures.items()])
+        loop_metrics = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
+                        "lr": rate, "images/s": count / seconds}
+        progress.update(step, [(k, v) for k, v in loop_metrics.items()])
         # One point per loop, at its last step: the mean of its steps (curves.py weighs it so).
         workdir_lib.write_scalars(writer, global_step, {("images_per_second" if k == "images/s" else k): v
-                                                        for k, v in figures.items()})
+                                                        for k, v in loop_metrics.items()})
         if step_callback is not None:
-            step_callback(global_step, figures)
+            step_callback(global_step, loop_metrics)
         _warn_if_stalled(config, loss, global_step, length)
         every = config.checkpoint_every_steps
         if sigterm["stop"] or (every and global_step % every == 0 and step < steps):
