@@ -19,6 +19,7 @@ Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -197,12 +198,13 @@ def _train(
     last_validation = None
     profiler = _Profiler(config.profile_steps, os.path.join(workdir, workdir_lib.PROFILE_DIR), chief)
     with _sigterm_flag() as sigterm, contextlib.closing(profiler):
+        loop = _LoopContext(trainer, inputs, checkpoints, writers["train"], sigterm, profiler, step_callback,
+                            verbose and chief)
         while int(trainer.epoch.numpy()) < config.epochs:
             epoch = int(trainer.epoch.numpy())
             rate = trainer.schedule.rate_for_epoch(epoch)
             trainer.set_learning_rate(rate)
-            stopped = _train_epoch(trainer, inputs, epoch, rate, checkpoints, writers["train"], sigterm,
-                                   step_callback, verbose and chief, profiler)
+            stopped = _train_epoch(loop, epoch, rate)
             if stopped:
                 logging.warning("Stopped by SIGTERM at epoch %d step %d; checkpoint %s. Run again with "
                                 "--workdir=%s to resume.", epoch + 1, int(trainer.step_in_epoch.numpy()),
@@ -278,11 +280,24 @@ def _loop_length(config: Config, step: int, steps: int, global_step: int, bounds
     return length
 
 
-def _train_epoch(
-    trainer: Trainer, inputs: Inputs, epoch: int, rate: float, checkpoints: workdir_lib.Checkpoints, writer: Any,
-    sigterm: dict[str, bool], step_callback: Callable | None, verbose: bool, profiler: _Profiler,
-) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class _LoopContext:
+    """What the loops of a run need besides the epoch and its learning rate."""
+
+    trainer: Trainer
+    inputs: Inputs
+    checkpoints: workdir_lib.Checkpoints  # saved at checkpoint steps and on SIGTERM
+    writer: Any  # the training split's summary writer: one point per loop
+    sigterm: dict[str, bool]  # ``_sigterm_flag``'s flag, checked after each loop
+    profiler: _Profiler  # ends loops at its bounds and traces between them
+    step_callback: Callable[[int, dict[str, float]], None] | None  # after each loop: global step, its metrics
+    verbose: bool  # a progress bar (the chief's)
+
+
+def _train_epoch(loop: _LoopContext, epoch: int, rate: float) -> str | None:
     """Runs the rest of epoch ``epoch``, a loop of steps per call; the checkpoint path when SIGTERM stopped it."""
+    trainer, inputs, checkpoints, profiler, verbose = (loop.trainer, loop.inputs, loop.checkpoints, loop.profiler,
+                                                       loop.verbose)
     config = trainer.config
     steps = inputs.steps_per_epoch
     step = int(trainer.step_in_epoch.numpy())
@@ -296,7 +311,7 @@ def _train_epoch(
         length = _loop_length(config, step, steps, global_step, profiler.bounds())
         profiler.before_loop(global_step)
         start = time.perf_counter()
-        loop, non_finite = trainer.train_loop(iterator, length)
+        sums, non_finite = trainer.train_loop(iterator, length)
         seconds = time.perf_counter() - start
         if non_finite is not None:
             raise NonFiniteLossError(
@@ -311,21 +326,21 @@ def _train_epoch(
         trainer.step_in_epoch.assign(step)
         trainer.global_step.assign(global_step)
         profiler.after_loop(global_step)
-        totals += loop
-        loss, top1, top5, count = loop.loss_sum / loop.images, loop.top1, loop.top5, loop.images
+        totals += sums
+        loss, top1, top5, count = sums.loss_sum / sums.images, sums.top1, sums.top5, sums.images
         loop_metrics = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
                         "lr": rate, "images/s": count / seconds}
         progress.update(step, [(k, v) for k, v in loop_metrics.items()])
         # One point per loop, at its last step: the mean of its steps (curves.py weighs it so).
-        workdir_lib.write_scalars(writer, global_step, {("images_per_second" if k == "images/s" else k): v
-                                                        for k, v in loop_metrics.items()})
-        if step_callback is not None:
-            step_callback(global_step, loop_metrics)
+        workdir_lib.write_scalars(loop.writer, global_step, {("images_per_second" if k == "images/s" else k): v
+                                                             for k, v in loop_metrics.items()})
+        if loop.step_callback is not None:
+            loop.step_callback(global_step, loop_metrics)
         _warn_if_stalled(config, loss, global_step, length)
         every = config.checkpoint_every_steps
-        if sigterm["stop"] or (every and global_step % every == 0 and step < steps):
+        if loop.sigterm["stop"] or (every and global_step % every == 0 and step < steps):
             path = checkpoints.save()
-            if sigterm["stop"]:
+            if loop.sigterm["stop"]:
                 return path
     loss, top1, top5, count = totals
     if count:
