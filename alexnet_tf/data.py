@@ -2,7 +2,7 @@
 and the sources a run reads.
 
 ``make_dataset`` turns the converter's TFRecord shards into batches of uint8 crops (with the few
-values per image the device needs to finish them: ``preprocess.DeviceFinish``) and 0-based int32
+values per image the device needs to finish them: ``device_preprocess.DeviceFinish``) and 0-based int32
 labels; ``alexnet_tf.preprocess`` holds the image functions it maps. ``Inputs`` is
 what the trainer reads: training pipelines whose file orders and draws are new at every epoch
 (seeded by (seed, epoch) in deterministic mode, afresh in every process otherwise), and a
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import imagenet, paths, preprocess, records, statistics
+from alexnet_tf import device_preprocess, imagenet, paths, preprocess, records, statistics
 from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
@@ -208,7 +208,7 @@ def make_dataset(
     Returns:
       A dataset of (features, int32 [B] 0-based labels). The features are the host's half of the
       view, a dict of uint8 pixels and a few values per image (``preprocess.train_crop``,
-      ``eval_crop`` or, for ten_crop, ``ten_crop_square``); ``preprocess.DeviceFinish(config,
+      ``eval_crop`` or, for ten_crop, ``ten_crop_square``); ``device_preprocess.DeviceFinish(config,
       stats)`` turns a batch of them into float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images,
       s = config.input_size, inside the compiled step (``finish_on_host`` does it here instead).
 
@@ -347,7 +347,7 @@ def finish_on_host(dataset: tf.data.Dataset, config: Config, stats: DatasetStati
 
     ``stats`` must be those ``make_dataset`` was given (or the ones beside the shards it read).
     """
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     return dataset.map(lambda features, labels: (finish(features), labels))
 
 
@@ -452,7 +452,7 @@ def array_inputs(
 ) -> Inputs:
     """Inputs from arrays of preprocessed float images (tests, small experiments).
 
-    The images are the finished views (``preprocess.DeviceFinish`` passes them through unchanged).
+    The images are the finished views (``device_preprocess.DeviceFinish`` passes them through unchanged).
 
     Training batches are reshuffled each epoch (seeded by seed and epoch in deterministic mode)
     and dealt out across input pipelines by ``input_context``.

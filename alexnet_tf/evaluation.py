@@ -1,7 +1,7 @@
 """Centre-crop and 10-crop evaluation (section 4.1, section 6): the inference loop.
 
-The centre crop is the one view ``preprocess.preprocess_for_eval`` makes (its host half in the
-input pipeline, its device half, ``preprocess.DeviceFinish``, in the compiled step). The paper's 10-crop
+The centre crop is the one view ``device_preprocess.preprocess_for_eval`` makes (its host half in the
+input pipeline, its device half, ``device_preprocess.DeviceFinish``, in the compiled step). The paper's 10-crop
 test averages the softmax over the four corner crops, the centre crop and their reflections.
 The ten views of an image go through the network in one batch (images x 10 views), with a tenth
 as many images per batch as the centre-crop pass, so 10-crop costs about ten centre crops.
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, distribute, imagenet, metrics, preprocess, reports
+from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, reports
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
@@ -83,7 +83,7 @@ def predict_top_k(
       progress: show a progress bar.
       num_batches: the progress bar's total when the dataset cannot tell (records read from
         shards have an unknown cardinality; the converter's manifest knows their count).
-      finish: the device's half of the preprocessing (``preprocess.DeviceFinish``); None when
+      finish: the device's half of the preprocessing (``device_preprocess.DeviceFinish``); None when
         the images are float views already.
 
     Returns:
@@ -196,7 +196,7 @@ def evaluate(
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
     num_images = data.manifest_record_count(data_dir, VALIDATION_SPLIT)
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
         logging.info("Evaluating the %s on %s%s", key.replace("_", " "), data_dir,
                      f" ({num_images} images)" if num_images is not None else "")

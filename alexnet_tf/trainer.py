@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import distribute, metrics, preprocess
+from alexnet_tf import device_preprocess, distribute, metrics
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.data import Inputs
@@ -69,7 +69,7 @@ class Trainer:
                  stats: DatasetStatistics | None = None):
         self.config = config
         # The device's half of the preprocessing, first in the train and validation steps.
-        self.finish = preprocess.DeviceFinish(config, stats)
+        self.finish = device_preprocess.DeviceFinish(config, stats)
         self.strategy = strategy or distribute.make_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:

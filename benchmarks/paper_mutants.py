@@ -137,7 +137,7 @@ MUTANTS: list[Mutant] = [
            "FLIP_PROBABILITY = 1.0",
            (P + "test_random_flip_known_answer_and_probability",),
            "training crops always mirrored"),
-    Mutant("mean_image_not_mirrored", "alexnet_tf/preprocess.py",
+    Mutant("mean_image_not_mirrored", "alexnet_tf/device_preprocess.py",
            "images = _mirror_where(tf.reshape(features[FLIP], [-1]), images)",
            "images = _mirror_where(tf.reshape(features[FLIP], [-1]), pixels) - means",
            (P + "test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square",),

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from eval_helpers import ROOT
 
-from alexnet_tf import evaluation, export, preprocess, records, reports
+from alexnet_tf import device_preprocess, evaluation, export, records, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
@@ -33,10 +33,10 @@ def report(run, tmp_path_factory):
 def _direct_probabilities(run, model, view) -> np.ndarray:
     """Probabilities per validation file, preprocessed one JPEG at a time, in one model call."""
     if view == "center_crop":
-        images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+        images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
                            for encoded in run.val_images])
         return np.asarray(model(images, training=False))
-    views = np.stack([preprocess.preprocess_for_ten_crop(tf.constant(encoded), run.config, run.stats)
+    views = np.stack([device_preprocess.preprocess_for_ten_crop(tf.constant(encoded), run.config, run.stats)
                       for encoded in run.val_images])
     prob = np.asarray(model(views.reshape((-1,) + views.shape[2:]), training=False))
     return prob.reshape(len(run.val_images), 10, -1).mean(axis=1)
@@ -122,7 +122,7 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
     ten = evaluation.data.make_dataset(
         evaluation.data.file_pattern(run.data_dir, "validation"), False, config, stats=run.stats, ten_crop=True
     )
-    finish = preprocess.DeviceFinish(config, run.stats)
+    finish = device_preprocess.DeviceFinish(config, run.stats)
     centre_top, centre_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), dataset, 10, False,
                                                             progress=False, finish=finish)
     ten_top, ten_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), ten, 10, True, progress=False,
@@ -134,7 +134,7 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
 def test_ten_crop_is_the_mean_of_an_image_and_its_mirror_when_the_views_coincide(run):
     config = run.config.replace(image_size=run.config.input_size)
     result = evaluation.evaluate(run.model, config, run.data_dir, progress=False)
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
+    images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
                        for encoded in run.val_images])
     prob = np.asarray(run.model(images, training=False))
     mirrored = np.asarray(run.model(images[:, :, ::-1], training=False))
@@ -156,7 +156,7 @@ def test_same_report_under_a_mirrored_strategy(run, report):
 
 
 def test_load_model_from_keras_file_and_from_checkpoint(run, tmp_path):
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+    images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
                        for encoded in run.val_images[:4]])
     expected = np.asarray(run.model(images, training=False))
     keras_dir, checkpoint_dir = tmp_path / "keras_run", tmp_path / "checkpoint_run"

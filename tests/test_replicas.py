@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, IMAGENETTE, DrawnSet, RealSet, copy_shards, cycling, read_records  # noqa: E402
 
-from alexnet_tf import data, evaluation, preprocess, statistics, training  # noqa: E402
+from alexnet_tf import data, device_preprocess, evaluation, preprocess, statistics, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -446,7 +446,7 @@ def _finish(devices, out, sets):
         batches = strategy.distribute_datasets_from_function(
             lambda context, pattern=pattern, config=config, stats=stats: data.make_dataset(
                 pattern, True, config, input_context=context, stats=stats))
-        finish = preprocess.DeviceFinish(config, stats)
+        finish = device_preprocess.DeviceFinish(config, stats)
 
         @tf.function
         def step(batch, finish=finish):
