@@ -47,7 +47,7 @@ class DeviceFinish:
     casts the pixels to float, subtracts the mean image at each crop's offset (or the per-channel
     mean), mirrors the flipped views and adds their colour offsets; for ``SQUARE`` it subtracts
     the mean image from the square and cuts the ten patches. Images that are already float
-    (``data.array_inputs``, ``data.synthetic_inputs``) pass through unchanged.
+    (``sources.array_inputs``, ``sources.synthetic_inputs``) pass through unchanged.
 
     Args:
       config: supplies image_size, input_size, mean_subtraction.

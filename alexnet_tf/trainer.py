@@ -21,8 +21,8 @@ import tensorflow as tf
 from alexnet_tf import device_preprocess, distribute, metrics
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config, ConfigError
-from alexnet_tf.data import Inputs
 from alexnet_tf.optimizer import LearningRateSchedule, PaperSGD
+from alexnet_tf.sources import Inputs
 from alexnet_tf.statistics import DatasetStatistics
 
 
@@ -209,7 +209,7 @@ class Trainer:
         With ``--deterministic``, a checkpoint taken mid-epoch resumes after the batches already
         trained on (the input pipelines pass over their records without decoding them), so the
         resumed run sees the batches an uninterrupted one saw. Otherwise the pipeline's orders and
-        draws are new in every process (``data._seed``): the rest of the epoch is a fresh draw and
+        draws are new in every process (``data.pipeline_seed``): the rest of the epoch is a fresh draw and
         nothing is skipped.
         """
         done = int(self.step_in_epoch.numpy()) if self.config.deterministic else 0

@@ -8,7 +8,7 @@ strategy (``distribute.make_strategy``: one device, ``MirroredStrategy`` over GP
 the host (progress bar, TensorBoard, SIGTERM, the NaN check, checkpoints) sees the run once per
 loop. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585),
 so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the batches
-``data.Inputs``, and everything a run writes goes where ``workdir.py`` says.
+``sources.Inputs``, and everything a run writes goes where ``workdir.py`` says.
 
 Running again with the same work directory resumes from the latest checkpoint. In deterministic
 mode each epoch reads a fresh pipeline seeded by (seed, epoch), so a resumed run sees the same
@@ -34,10 +34,10 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, paths, reports, statistics
+from alexnet_tf import curves, distribute, evaluation, export, paths, reports, sources, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config, ConfigError, parse_profile_steps
-from alexnet_tf.data import Inputs
+from alexnet_tf.sources import Inputs
 from alexnet_tf.trainer import NonFiniteLossError, Trainer
 
 # The stall warning: a training loss this close (relative) to ln(num_classes), the loss of a
@@ -120,9 +120,9 @@ def _inputs_of(config: Config, inputs: Inputs | None, synthetic: bool) -> Inputs
     if inputs is not None:
         return inputs
     if synthetic:
-        return data.synthetic_inputs(config)
+        return sources.synthetic_inputs(config)
     if config.data_dir:
-        return data.record_inputs(config, config.data_dir)
+        return sources.record_inputs(config, config.data_dir)
     raise ConfigError("no training data: pass --data_dir (converted records), --dataset or --synthetic")
 
 

@@ -195,7 +195,7 @@ MUTANTS: list[Mutant] = [
            'label_of = {wnid: i + 1 + options["label_offset"] for i, wnid in enumerate(classes.synsets)}',
            ("tests/test_converter_run.py::test_resize_mode_and_custom_labels",),
            "the converter writes every label one too high"),
-    Mutant("records_not_reseeded_per_epoch", "alexnet_tf/data.py",
+    Mutant("records_not_reseeded_per_epoch", "alexnet_tf/sources.py",
            "epoch_config = config.replace(seed=epoch_seed(config, epoch))",
            "epoch_config = config",
            ("tests/test_training.py::test_each_epoch_reads_the_records_in_a_new_order",),

@@ -23,7 +23,19 @@ import pytest
 import tensorflow as tf
 from converted import SHAPES
 
-from alexnet_tf import converter, data, evaluation, export, figures, paths, records, reports, statistics, training
+from alexnet_tf import (
+    converter,
+    data,
+    evaluation,
+    export,
+    figures,
+    paths,
+    records,
+    reports,
+    sources,
+    statistics,
+    training,
+)
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import get_config
 
@@ -154,7 +166,7 @@ def test_statistics_and_manifest_are_read_from_a_ram_data_dir(shapes_records):
     record["mean_rgb"] = [10.0, 20.0, 30.0]
     paths.write_json(os.path.join(remote, records.STATISTICS_FILE), record)
     config = get_config("tiny", data_dir=remote, deterministic=True)
-    inputs = data.record_inputs(config, remote)
+    inputs = sources.record_inputs(config, remote)
     assert inputs.stats.source == os.path.join(remote, records.STATISTICS_FILE)
     np.testing.assert_allclose(inputs.stats.mean_rgb, [10.0, 20.0, 30.0])
     local_stats = statistics.load_statistics(local)
@@ -173,7 +185,7 @@ def test_unsupported_work_and_data_directories_fail_before_any_work(shapes_recor
     with pytest.raises(paths.UnsupportedPathError, match="--data_dir=foo://records"):
         training.train(config.replace(data_dir="foo://records"), str(tmp_path / "run"), verbose=False)
     with pytest.raises(paths.UnsupportedPathError, match="--data_dir=s3://bucket/records"):
-        data.record_inputs(config, "s3://bucket/records")
+        sources.record_inputs(config, "s3://bucket/records")
     with pytest.raises(converter.ConversionError, match="--output_directory=s3://bucket/records"):
         _convert_shapes(pathlib.Path(local).parent, "s3://bucket/records", num_workers=1)
     assert not os.listdir(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
-from alexnet_tf import data, device_preprocess, preprocess, records
+from alexnet_tf import data, device_preprocess, preprocess, records, sources
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics, load_statistics
 
@@ -214,7 +214,7 @@ def test_statistics_beside_the_shards_are_used(shards, config, stored, tmp_path)
     stats.save(str(shards))
     pattern = data.file_pattern(str(shards), "train")
     # The mean reaches the device through the run's inputs.
-    inputs = data.record_inputs(config, str(shards))
+    inputs = sources.record_inputs(config, str(shards))
     features, _ = next(iter(data.make_dataset(pattern, False, config)))
     images = device_preprocess.DeviceFinish(config, inputs.stats)(features)
     expected = device_preprocess.preprocess_for_eval(stored[0].encoded, config, imagenet_statistics()).numpy()
@@ -279,13 +279,13 @@ def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, con
 RESTART_PROBE = """
 import json, sys
 import keras, tensorflow as tf
-from alexnet_tf import data
+from alexnet_tf import data, sources
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics
 deterministic, epoch = sys.argv[1] == "1", int(sys.argv[2])
 config = get_config("tiny", deterministic=deterministic)
 keras.utils.set_random_seed(config.seed)
-config = config.replace(seed=data.epoch_seed(config, epoch))  # as record_inputs does per epoch
+config = config.replace(seed=sources.epoch_seed(config, epoch))  # as record_inputs does per epoch
 names = [f"train-{i:05d}-of-00032" for i in range(32)]
 files = data.shuffle_files(tf.data.Dataset.from_tensor_slices(names), len(names), config, 0).repeat(2)
 order = [name.decode() for name in files.as_numpy_iterator()]

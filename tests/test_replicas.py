@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, IMAGENETTE, DrawnSet, RealSet, copy_shards, cycling, read_records  # noqa: E402
 
-from alexnet_tf import data, device_preprocess, evaluation, preprocess, statistics, training  # noqa: E402
+from alexnet_tf import data, device_preprocess, evaluation, preprocess, sources, statistics, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -55,7 +55,7 @@ def test_validation_of_a_collapsed_network_counts_ties_as_misses():
     rng = np.random.default_rng(0)
     images = rng.normal(0, 50, (20, config.input_size, config.input_size, 3)).astype(np.float32)
     labels = np.arange(20, dtype=np.int32) % 10
-    inputs = data.array_inputs(config, images, labels, images, labels)
+    inputs = sources.array_inputs(config, images, labels, images, labels)
     result = trainer.validate(inputs)
     assert result["top1_error"] == pytest.approx(0.9)  # only class 0 is "predicted"
     assert result["top5_error"] == pytest.approx(0.5)
@@ -77,7 +77,7 @@ def test_shifted_labels_stop_with_the_right_label_offset(converted, stored, read
     config = _tiny(label_offset=read, data_dir=data_dir)
     message = f"need --label_offset={stored}, not --label_offset={read}"
     with pytest.raises(ValueError, match=message):
-        data.record_inputs(config, data_dir)
+        sources.record_inputs(config, data_dir)
     with pytest.raises(ValueError, match=message):
         evaluation.evaluate(lambda images: images, config, data_dir, progress=False)
     evaluation.data.check_labels(data_dir, "train", config.replace(label_offset=stored))  # the right one passes
@@ -378,7 +378,7 @@ def _evaluate(devices, out, data_dir):
     for batch_size in (int(devices), 2 * int(devices) + 1):
         config = base.replace(batch_size=batch_size)
         report = evaluation.evaluate(model, config, data_dir, strategy=strategy, progress=False)
-        inputs = data.record_inputs(config, data_dir)
+        inputs = sources.record_inputs(config, data_dir)
         trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy, inputs.stats)
         trainer.model.set_weights(one_model.get_weights())
         validation = trainer.validate(inputs)
