@@ -23,7 +23,7 @@ console.reuse_cpu_memory()
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import cli, curves, distribute, evaluation, export, imagenet, litert, paths, statistics  # noqa: E402
+from alexnet_tf import cli, curves, distribute, evaluation, export, imagenet, litert, paths, reports, statistics  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import EXPORT_PRECISIONS, ConfigError  # noqa: E402
 from alexnet_tf.records import SYNSETS_FILE  # noqa: E402
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
     synsets = FLAGS.synsets
     if not synsets and paths.exists(os.path.join(data_dir, SYNSETS_FILE)):
         synsets = os.path.join(data_dir, SYNSETS_FILE)
-    labels = evaluation.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
+    labels = reports.class_labels(config.num_classes, synsets) if synsets or config.num_classes == 1000 else None
     names = labels[1] if labels else None
     # The model's training-set statistics, else (older runs) the data directory's.
     stats = stats or workdir_lib.model_statistics(FLAGS.checkpoint or FLAGS.saved_model)

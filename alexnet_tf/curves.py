@@ -1,12 +1,12 @@
-"""Learning curves of a run, drawn from the figures it logged: ``<workdir>/curves.png``.
+"""Learning curves of a run, drawn from the metrics it logged: ``<workdir>/curves.png``.
 
-Training writes its figures as TensorBoard events (``logs/train``: each loop of steps' mean loss,
+Training writes its metrics as TensorBoard events (``logs/train``: each loop of steps' mean loss,
 top-1 and top-5 error and learning rate, at the loop's last global step; ``logs/validation``: the
 same errors and loss at the end of each epoch, at the epoch's last global step). This module reads
 those events back, without the tensorboard package, and draws loss and error against epochs with
 the learning-rate drops marked, the way section 5 of the paper describes its schedule. Nothing is
 recomputed: the validation points are the logged ones, and a training epoch's point is the mean
-of its logged figures, each weighted by the steps since the epoch's previous point (loops never
+of its logged metrics, each weighted by the steps since the epoch's previous point (loops never
 cross an epoch's end, and every step has a full batch, so that is the epoch's figure).
 """
 
@@ -86,26 +86,26 @@ def _steps_per_epoch(workdir: str, validation_steps: list[int]) -> int:
         steps = int(paths.read_json(config_path).get("steps_per_epoch", 0))
         if steps:
             return steps
-    raise ValueError(f"{os.path.join(workdir, LOG_DIR, 'validation')} holds no validation figures and "
+    raise ValueError(f"{os.path.join(workdir, LOG_DIR, 'validation')} holds no validation metrics and "
                      f"{config_path} no steps_per_epoch: pass steps_per_epoch to place the steps in epochs")
 
 
-def epoch_figures(
+def epoch_metrics(
     workdir: str, steps_per_epoch: int | None = None
 ) -> tuple[int, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], list[tuple[int, float]]]:
-    """The run's logged figures per epoch.
+    """The run's logged metrics per epoch.
 
     Args:
       workdir: the run's work directory (``logs/train``, ``logs/validation`` inside).
       steps_per_epoch: training steps per epoch; default from the validation log.
 
     Returns:
-      ``(steps_per_epoch, figures, lr_drops)``: ``figures[split][tag] = (epochs, values)``, the
+      ``(steps_per_epoch, metrics, lr_drops)``: ``metrics[split][tag] = (epochs, values)``, the
       training values being the means of each complete epoch's steps; ``lr_drops`` as in
       ``Curves``.
 
     Raises:
-      FileNotFoundError: naming the log directory when it holds no training figures.
+      FileNotFoundError: naming the log directory when it holds no training metrics.
     """
     logged = {split: read_scalars(os.path.join(workdir, LOG_DIR, split)) for split in SPLITS}
     if not logged["train"].get("loss"):
@@ -113,7 +113,7 @@ def epoch_figures(
                                 "is this a training work directory?")
     validation_steps = sorted(logged["validation"].get("loss", {}))
     steps = steps_per_epoch or _steps_per_epoch(workdir, validation_steps)
-    figures: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {split: {} for split in SPLITS}
+    metrics: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {split: {} for split in SPLITS}
     for tag in ("loss", "top1_error", "top5_error"):
         by_epoch: dict[int, list[tuple[int, float]]] = {}
         for step, value in logged["train"].get(tag, {}).items():
@@ -125,17 +125,17 @@ def epoch_figures(
                 covered = np.diff([(epoch - 1) * steps] + [step for step, _ in points])
                 means[epoch] = np.average([value for _, value in points], weights=covered)
         complete = sorted(means)
-        figures["train"][tag] = (np.array(complete, np.float64),
+        metrics["train"][tag] = (np.array(complete, np.float64),
                                  np.array([means[e] for e in complete], np.float64))
         points = sorted(logged["validation"].get(tag, {}).items())
-        figures["validation"][tag] = (np.array([s / steps for s, _ in points], np.float64),
+        metrics["validation"][tag] = (np.array([s / steps for s, _ in points], np.float64),
                                       np.array([v for _, v in points], np.float64))
     drops = []
     rates = sorted(logged["train"].get("lr", {}).items())
     for (_, before), (step, after) in zip(rates, rates[1:]):
         if not math.isclose(before, after, rel_tol=1e-4):
             drops.append(((step - 1) // steps, float(f"{after:.6g}")))  # logged as float32
-    return steps, figures, drops
+    return steps, metrics, drops
 
 
 def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | None = None) -> Curves:
@@ -155,14 +155,14 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    steps, figures, drops = epoch_figures(workdir, steps_per_epoch)
+    steps, metrics, drops = epoch_metrics(workdir, steps_per_epoch)
     path = path or os.path.join(workdir, CURVES_FILE)
     figure, (loss_axes, error_axes) = plt.subplots(1, 2, figsize=FIGURE_INCHES, dpi=DPI)
     names = {"train": "training", "validation": "validation"}
     lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def plot(axes, split, tag, label, scale=1.0, **style):
-        epochs, values = figures[split][tag]
+        epochs, values = metrics[split][tag]
         if len(epochs):
             axes.plot(epochs, values * scale, label=label, color=COLOURS[split],
                       marker="o" if len(epochs) < 30 else None, markersize=3, **style)
@@ -189,7 +189,7 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
     error_axes.set_ylabel("error (%)")
     error_axes.set_ylim(0, 100)
     error_axes.set_title("Top-1 and top-5 error")
-    final = figures["validation"]["top1_error"][1]
+    final = metrics["validation"]["top1_error"][1]
     summary = f", last validation top-1 error {100 * final[-1]:.1f} %" if len(final) else ""
     figure.suptitle(f"{os.path.basename(paths.absolute(workdir).rstrip('/'))}: {steps} steps per epoch{summary}",
                     fontsize=10)

@@ -1,26 +1,21 @@
-"""The input pipeline (sections 2 and 4.1): the one place that orders the tf.data operations,
-and the sources a run reads.
+"""The input pipeline (sections 2 and 4.1): the one place that orders the tf.data operations.
 
 ``make_dataset`` turns the converter's TFRecord shards into batches of uint8 crops (with the few
-values per image the device needs to finish them: ``preprocess.DeviceFinish``) and 0-based int32
-labels; ``alexnet_tf.preprocess`` holds the image functions it maps. ``Inputs`` is
-what the trainer reads: training pipelines whose file orders and draws are new at every epoch
-(seeded by (seed, epoch) in deterministic mode, afresh in every process otherwise), and a
-validation pipeline; from the converter's shards (``record_inputs``), arrays (``array_inputs``)
-or random tensors (``synthetic_inputs``).
+values per image the device needs to finish them: ``device_preprocess.DeviceFinish``) and 0-based
+int32 labels; ``alexnet_tf.preprocess`` holds the image functions it maps. The data directory's
+questions (its shards, its labels checked against the class list, its record counts) are
+answered here too. ``sources.py`` builds what a run reads (``sources.Inputs``) from these
+pipelines, arrays or random tensors.
 """
-
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import imagenet, paths, preprocess, records, statistics
+from alexnet_tf import device_preprocess, imagenet, paths, preprocess, records, statistics
 from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
@@ -36,7 +31,6 @@ RECORD_FRAMING_BYTES = 16
 _SEED_PURPOSES = {"files": 1, "records": 2, "augment": 3}
 LABEL_CHECK_RECORDS = 32  # per shard, from the first shards of a split: no decoding, a few KB read
 LABEL_CHECK_SHARDS = 4
-SYNTHETIC_STEPS_PER_EPOCH = 50
 
 
 def file_pattern(data_dir: str, split: str) -> str:
@@ -100,7 +94,7 @@ def check_labels(data_dir: str, split: str, config: Config) -> None:
                 )
 
 
-def _seed(config: Config, pipeline_id: int, purpose: str) -> int:
+def pipeline_seed(config: Config, pipeline_id: int, purpose: str) -> int:
     """A well-mixed seed per run seed, worker and purpose in deterministic mode, else a fresh one.
 
     Outside deterministic mode the seed comes from the operating system's entropy, never from
@@ -113,17 +107,18 @@ def _seed(config: Config, pipeline_id: int, purpose: str) -> int:
 
 
 def shuffle_files(files: tf.data.Dataset, count: int, config: Config, pipeline_id: int) -> tf.data.Dataset:
-    """``files`` (``count`` of them) in a new order at every pass over them (``_seed``'s)."""
-    return files.shuffle(count, seed=_seed(config, pipeline_id, "files"), reshuffle_each_iteration=True)
+    """``files`` (``count`` of them) in a new order at every pass over them (``pipeline_seed``'s)."""
+    return files.shuffle(count, seed=pipeline_seed(config, pipeline_id, "files"), reshuffle_each_iteration=True)
 
 
 def augmentation_draws(config: Config, stats: DatasetStatistics, pipeline_id: int) -> tf.data.Dataset:
     """An endless stream of training views' random draws (crop, flip, colour noise), one per record.
 
     They are drawn in blocks, a few ops per ``DRAW_BLOCK`` records rather than per record, from a
-    stream of block seeds (``_seed``'s) rerandomised at each pass.
+    stream of block seeds (``pipeline_seed``'s) rerandomised at each pass.
     """
-    block_seeds = tf.data.Dataset.random(seed=_seed(config, pipeline_id, "augment"), rerandomize_each_iteration=True)
+    block_seeds = tf.data.Dataset.random(seed=pipeline_seed(config, pipeline_id, "augment"),
+                                         rerandomize_each_iteration=True)
     return block_seeds.map(
         lambda seed: preprocess.training_draws(
             config, stats, tf.stack([seed, tf.constant(pipeline_id, tf.int64)]), DRAW_BLOCK
@@ -208,7 +203,7 @@ def make_dataset(
     Returns:
       A dataset of (features, int32 [B] 0-based labels). The features are the host's half of the
       view, a dict of uint8 pixels and a few values per image (``preprocess.train_crop``,
-      ``eval_crop`` or, for ten_crop, ``ten_crop_square``); ``preprocess.DeviceFinish(config,
+      ``eval_crop`` or, for ten_crop, ``ten_crop_square``); ``device_preprocess.DeviceFinish(config,
       stats)`` turns a batch of them into float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images,
       s = config.input_size, inside the compiled step (``finish_on_host`` does it here instead).
 
@@ -264,7 +259,7 @@ def make_dataset(
     # Shuffle the still-encoded records: a buffer of compressed bytes holds many more images than
     # one of decoded ones.
     if training:
-        dataset = dataset.shuffle(config.shuffle_buffer, seed=_seed(config, pipeline_id, "records"))
+        dataset = dataset.shuffle(config.shuffle_buffer, seed=pipeline_seed(config, pipeline_id, "records"))
     # Each record's crop, flip and colour noise, paired with it after shuffling so augmentation
     # does not depend on how many parallel calls the map runs.
     if training:
@@ -347,42 +342,8 @@ def finish_on_host(dataset: tf.data.Dataset, config: Config, stats: DatasetStati
 
     ``stats`` must be those ``make_dataset`` was given (or the ones beside the shards it read).
     """
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     return dataset.map(lambda features, labels: (finish(features), labels))
-
-
-# --------------------------------------------------------------------------------------------
-# The sources a run reads
-
-
-@dataclasses.dataclass
-class Inputs:
-    """Where a run's batches come from.
-
-    Attributes:
-      train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
-        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply: a
-        run resumed mid-epoch has trained on them). With ``--deterministic`` it is called afresh
-        for every epoch and must yield at least ``steps_per_epoch`` batches; otherwise once per
-        run, and the epochs read on from it (``Trainer.epoch_iterator``): it must not end.
-      validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
-      steps_per_epoch: training steps per epoch.
-      data_dir: the converted records these come from ("" for in-memory or synthetic data).
-      stats: the training set's statistics (for the export), when known.
-      description: what the batches are, for the run's first lines.
-    """
-
-    train: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
-    validation: Callable[[], tf.data.Dataset] | None
-    steps_per_epoch: int
-    data_dir: str = ""
-    stats: statistics.DatasetStatistics | None = None
-    description: str = ""
-
-
-def epoch_seed(config: Config, epoch: int) -> int:
-    """The seed of epoch ``epoch``'s pipeline: each epoch reads the records in a new order."""
-    return int(np.random.SeedSequence([config.seed, epoch]).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
 
 
 def manifest_record_count(data_dir: str, split: str) -> int | None:
@@ -410,88 +371,3 @@ def count_records(data_dir: str, split: str) -> int:
     files = sorted(tf.io.gfile.glob(file_pattern(data_dir, split)))
     dataset = tf.data.TFRecordDataset(files, num_parallel_reads=4)
     return int(dataset.reduce(np.int64(0), lambda count, _: count + 1).numpy())
-
-
-def record_inputs(config: Config, data_dir: str) -> Inputs:
-    """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
-    train_pattern = file_pattern(data_dir, "train")
-    validation_pattern = file_pattern(data_dir, "validation")
-    for split in ("train", "validation"):
-        check_labels(data_dir, split, config)
-    stats = statistics.load_statistics(data_dir)
-    steps = config.steps_per_epoch
-    num_train = None
-    if not steps:
-        num_train = count_records(data_dir, "train")
-        steps = num_train // config.batch_size
-        if steps == 0:
-            raise ConfigError(f"{data_dir} holds {num_train} training images, fewer than one batch "
-                             f"(--batch_size={config.batch_size})")
-        logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
-    num_train = num_train if num_train is not None else manifest_record_count(data_dir, "train")
-    num_validation = manifest_record_count(data_dir, "validation")
-    counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"))
-              if n is not None]
-    description = f"the records in {data_dir}" + (f" ({', '.join(counts)})" if counts else "")
-
-    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-        epoch_config = config.replace(seed=epoch_seed(config, epoch))
-        skip = skip_batches * input_context.get_per_replica_batch_size(config.batch_size)
-        return make_dataset(train_pattern, True, epoch_config, input_context=input_context,
-                                 stats=stats, repeat=True, skip_records=skip)
-
-    def validation() -> tf.data.Dataset:
-        return make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
-
-    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description)
-
-
-def array_inputs(
-    config: Config, train_images: np.ndarray, train_labels: np.ndarray,
-    val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
-) -> Inputs:
-    """Inputs from arrays of preprocessed float images (tests, small experiments).
-
-    The images are the finished views (``preprocess.DeviceFinish`` passes them through unchanged).
-
-    Training batches are reshuffled each epoch (seeded by seed and epoch in deterministic mode)
-    and dealt out across input pipelines by ``input_context``.
-    """
-    num_pipelines = 1
-    steps = config.steps_per_epoch or len(train_images) // config.batch_size
-
-    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-        nonlocal num_pipelines
-        num_pipelines = input_context.num_input_pipelines
-        dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
-        dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
-        # Outside deterministic mode a fresh seed: a restarted run must not replay the first epochs.
-        seed = epoch_seed(config, epoch) if config.deterministic else _seed(config, 0, "records")
-        dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
-        dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
-        return dataset.skip(skip_batches)  # arrays: nothing to decode
-
-    validation = None
-    if val_images is not None:
-        def validation() -> tf.data.Dataset:
-            dataset = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
-            return dataset.batch(config.batch_size)
-
-    description = f"arrays of {len(train_images)} training" + (
-        f" and {len(val_images)} validation images" if val_images is not None else " images")
-    return Inputs(train, validation, steps, description=description)
-
-
-def synthetic_inputs(config: Config) -> Inputs:
-    """Random tensors of the right shape, to time the model step without an input pipeline."""
-    size = config.input_size
-
-    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-        del skip_batches  # every batch is the same
-        batch = input_context.get_per_replica_batch_size(config.batch_size)
-        images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
-        labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
-        return tf.data.Dataset.from_tensors((images, labels)).repeat()
-
-    return Inputs(train, None, config.steps_per_epoch or SYNTHETIC_STEPS_PER_EPOCH,
-                  description="random tensors (timing only: no validation, evaluation or export)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 from absl import logging
@@ -116,3 +118,14 @@ def overflow_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
     overflows = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, overflows)
     poison = tf.where(overflows > 0, math.nan, 1.0)
     return [g * tf.cast(poison, g.dtype) for g in gradients]
+
+
+def unless_empty_replica(images: tf.Tensor, compute: Callable[[], Any], empty: Callable[[], Any]) -> Any:
+    """``compute()``, or ``empty()`` on a replica that the last global batch left without images.
+
+    A global batch smaller than the replicas need (the short last batch of a pass over the
+    validation records) leaves some replicas nothing. On CPU a convolution of an empty batch
+    returns the wrong shape, so such a replica does not run the network: it contributes
+    ``empty()`` (zeros, or no rows), which leaves the sums and gathers over replicas exact.
+    """
+    return tf.cond(tf.shape(images)[0] > 0, compute, empty)

@@ -1,7 +1,7 @@
-"""Centre-crop and 10-crop evaluation (section 4.1, section 6), metrics and reports.
+"""Centre-crop and 10-crop evaluation (section 4.1, section 6): the inference loop.
 
-The centre crop is the one view ``preprocess.preprocess_for_eval`` makes (its host half in the
-input pipeline, its device half, ``preprocess.DeviceFinish``, in the compiled step). The paper's 10-crop
+The centre crop is the one view ``device_preprocess.preprocess_for_eval`` makes (its host half in the
+input pipeline, its device half, ``device_preprocess.DeviceFinish``, in the compiled step). The paper's 10-crop
 test averages the softmax over the four corner crops, the centre crop and their reflections.
 The ten views of an image go through the network in one batch (images x 10 views), with a tenth
 as many images per batch as the centre-crop pass, so 10-crop costs about ten centre crops.
@@ -12,7 +12,6 @@ so memory does not grow with the number of classes times images.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,24 +21,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, imagenet, paths, preprocess
+from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, reports
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
-from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
-from alexnet_tf.workdir import CURVES_FILE
 
-TOP_K = 5  # the paper's top-5 error; training's figures and the export's outputs use it too
-MOST_CONFUSED = 10
-WORST_CLASSES = 10
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
 VALIDATION_SPLIT = "validation"
-# Section 6 of the paper: one CNN, 10-crop test.
-PAPER_RESULTS = {
-    "ILSVRC-2012 validation, one CNN": {"top1_error": 0.407, "top5_error": 0.182},
-    "ILSVRC-2010 test, one CNN": {"top1_error": 0.375, "top5_error": 0.170},
-}
 
 Predictor = Callable[[tf.Tensor], tf.Tensor]
 
@@ -51,25 +38,6 @@ def as_predictor(model: keras.Model | Predictor) -> Predictor:
     return model
 
 
-def top_k_classes(probabilities: tf.Tensor, k: int) -> tf.Tensor:
-    """The ``k`` most probable classes of each row, best first: [B, C] -> int32 [B, k].
-
-    The one top-k definition of training and evaluation: ties go to the lower class index
-    (``tf.math.top_k``'s order), so a collapsed network with uniform outputs scores as one
-    that always predicts class 0, not as one that is always right (``tf.math.in_top_k``
-    counts every tied class as a hit).
-    """
-    return tf.math.top_k(tf.cast(probabilities, tf.float32), k=k).indices
-
-
-def correct_counts(labels: tf.Tensor, probabilities: tf.Tensor, top_k: int) -> tuple[tf.Tensor, ...]:
-    """(top-1 hits, top-k hits, images) of a batch by ``top_k_classes``; training counts with it too."""
-    hits = tf.equal(top_k_classes(probabilities, top_k), tf.cast(labels, tf.int32)[:, None])
-    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.float32))
-    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.float32))
-    return top1, topk, tf.cast(tf.shape(labels)[0], tf.float32)
-
-
 def _top_k_step(
     predict: Predictor, ten_crop: bool, k: int, finish: Callable[[Any], tf.Tensor]
 ) -> Callable[[Any], tf.Tensor]:
@@ -77,9 +45,7 @@ def _top_k_step(
 
     def step(features: Any) -> tf.Tensor:
         images = finish(features)
-        # A replica gets no images when the last global batch is smaller than the replicas need;
-        # on CPU a convolution of an empty batch returns the wrong shape, so the network is not run.
-        return tf.cond(tf.shape(images)[0] > 0, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
+        return distribute.unless_empty_replica(images, lambda: classes(images), lambda: tf.zeros([0, k], tf.int32))
 
     def classes(images: tf.Tensor) -> tf.Tensor:
         if ten_crop:
@@ -90,7 +56,7 @@ def _top_k_step(
             prob = tf.reduce_mean(tf.reshape(prob, [shape[0], shape[1], -1]), axis=1)
         else:
             prob = tf.cast(predict(images), tf.float32)
-        return top_k_classes(prob, k)
+        return metrics.top_k_classes(prob, k)
 
     return step
 
@@ -117,7 +83,7 @@ def predict_top_k(
       progress: show a progress bar.
       num_batches: the progress bar's total when the dataset cannot tell (records read from
         shards have an unknown cardinality; the converter's manifest knows their count).
-      finish: the device's half of the preprocessing (``preprocess.DeviceFinish``); None when
+      finish: the device's half of the preprocessing (``device_preprocess.DeviceFinish``); None when
         the images are float views already.
 
     Returns:
@@ -125,7 +91,7 @@ def predict_top_k(
       batch (tracing and pipeline warm-up) when there is more than one batch.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    step = _top_k_step(predict, ten_crop, min(TOP_K, num_classes), finish or (lambda images: images))
+    step = _top_k_step(predict, ten_crop, metrics.k_for(num_classes), finish or (lambda images: images))
 
     distributed = strategy.experimental_distribute_dataset(dataset)
 
@@ -160,95 +126,6 @@ def predict_top_k(
     else:
         seconds = end - start
     return tops, labels, seconds
-
-
-def metrics(
-    top_k: np.ndarray, labels: np.ndarray, num_classes: int, class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Top-1 and top-5 error, per-class accuracy and the most confused pairs.
-
-    Args:
-      top_k: [N, k] predicted classes, best first (k >= 1; top-5 error uses the first 5).
-      labels: [N] true classes.
-      num_classes: the number of classes.
-      class_names: names for the report; ``class_i`` when None.
-    """
-    names = list(class_names) if class_names is not None else imagenet.fallback_class_names(num_classes)
-    correct_top1 = top_k[:, 0] == labels
-    correct_top5 = np.any(top_k[:, :TOP_K] == labels[:, None], axis=1)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, top_k[:, 0]), 1)
-    counts = confusion.sum(axis=1)
-    per_class = [
-        {
-            "class": i,
-            "name": names[i],
-            "images": int(counts[i]),
-            "accuracy": float(confusion[i, i] / counts[i]) if counts[i] else None,
-        }
-        for i in range(num_classes)
-    ]
-    off_diagonal = confusion.copy()
-    np.fill_diagonal(off_diagonal, 0)
-    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:MOST_CONFUSED]
-    confused = []
-    for index in flat:
-        true, predicted = np.unravel_index(index, confusion.shape)
-        if off_diagonal[true, predicted] == 0:
-            break
-        confused.append({
-            "true": int(true),
-            "true_name": names[true],
-            "predicted": int(predicted),
-            "predicted_name": names[predicted],
-            "count": int(off_diagonal[true, predicted]),
-            "share_of_true_class": float(off_diagonal[true, predicted] / counts[true]),
-        })
-    return {
-        "top1_error": float(1.0 - correct_top1.mean()),
-        "top5_error": float(1.0 - correct_top5.mean()),
-        "per_class": per_class,
-        "most_confused": confused,
-    }
-
-
-def class_labels(num_classes: int, synsets_file: str | None = None) -> tuple[list[str], list[str]]:
-    """``(wnids, names)`` in label order: from ``synsets_file``, or ImageNet's 1000 classes.
-
-    Names come from a ``metadata.txt`` (``wnid<TAB>name``) beside ``synsets_file`` when there is
-    one (the converter writes it beside its shards, e.g. for the built-in data set's made-up wnids),
-    else from the shipped ImageNet metadata; a wnid without a name stands for itself.
-
-    Raises:
-      ValueError: naming the file when it does not list ``num_classes`` wnids, or when no file
-        is given for a model that does not have 1000 classes.
-    """
-    if synsets_file is None and num_classes != 1000:
-        raise ValueError(
-            f"the model has {num_classes} classes, not ImageNet's 1000: pass --synsets, a file listing "
-            "its wnids in label order"
-        )
-    wnids = imagenet.load_synsets(synsets_file)
-    if len(wnids) != num_classes:
-        raise ValueError(f"{synsets_file or imagenet.DEFAULT_SYNSETS_FILE} lists {len(wnids)} wnids, "
-                         f"the model has {num_classes} classes")
-    beside = os.path.join(os.path.dirname(synsets_file), METADATA_FILE) if synsets_file else ""
-    metadata = imagenet.load_metadata(beside if beside and paths.exists(beside) else None)
-    return wnids, [metadata.get(wnid, wnid) for wnid in wnids]
-
-
-def data_class_labels(num_classes: int, data_dir: str) -> tuple[list[str], list[str]]:
-    """``(wnids, names)`` for the export: beside the shards, else ImageNet's, else ``class_i``."""
-    synsets = os.path.join(data_dir, SYNSETS_FILE) if data_dir else ""
-    if synsets and paths.exists(synsets):
-        try:
-            return class_labels(num_classes, synsets)
-        except ValueError as e:
-            logging.warning("%s; ignoring it", e)
-    if num_classes == 1000:
-        return class_labels(1000)
-    labels = imagenet.fallback_class_names(num_classes)
-    return labels, labels
 
 
 def view_batch_size(config: Config, ten_crop: bool) -> int:
@@ -319,7 +196,7 @@ def evaluate(
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
     num_images = data.manifest_record_count(data_dir, VALIDATION_SPLIT)
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
         logging.info("Evaluating the %s on %s%s", key.replace("_", " "), data_dir,
                      f" ({num_images} images)" if num_images is not None else "")
@@ -328,7 +205,7 @@ def evaluate(
             predict, dataset, config.num_classes, is_ten_crop, strategy=strategy, progress=progress,
             num_batches=-(-num_images // batch_size) if num_images else None, finish=finish,
         )
-        result = metrics(top_k, labels, config.num_classes, class_names)
+        result = metrics.summarize(top_k, labels, config.num_classes, class_names)
         result["seconds"] = seconds
         result["images_per_second"] = len(labels) / seconds
         report[key] = result
@@ -337,63 +214,7 @@ def evaluate(
                      100 * result["top1_error"], 100 * result["top5_error"], result["images_per_second"])
     if ten_crop:
         report["ten_crop_vs_centre_cost"] = report["ten_crop"]["seconds"] / report["center_crop"]["seconds"]
-    report["paper"] = PAPER_RESULTS
+    report["paper"] = reports.PAPER_RESULTS
     if report_dir:
-        write_report(report, report_dir)
+        reports.write_report(report, report_dir)
     return report
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: errors beside the paper's, slowest classes, confused pairs."""
-    lines = [
-        "# Evaluation",
-        "",
-        f"{report['num_images']} validation images of {report['num_classes']} classes from "
-        f"`{report['data_dir']}`.",
-        "",
-        "| | top-1 error | top-5 error | images/s |",
-        "|---|---|---|---|",
-    ]
-    for key, label in (("center_crop", "this model, centre crop"), ("ten_crop", "this model, 10 crops")):
-        if key in report:
-            result = report[key]
-            lines.append(f"| {label} | {_percent(result['top1_error'])} | {_percent(result['top5_error'])} "
-                         f"| {result['images_per_second']:.1f} |")
-    for label, result in report["paper"].items():
-        lines.append(f"| paper, {label}, 10 crops | {_percent(result['top1_error'])} "
-                     f"| {_percent(result['top5_error'])} | |")
-    if report.get("curves"):
-        lines += ["", f"Training curves: [{report['curves']}]({report['curves']})"]
-    if report["num_classes"] != 1000 or report["num_images"] != 50_000:
-        lines += ["", "The paper's figures are for the 50,000 ILSVRC-2012 validation images of 1000 classes; "
-                  "this evaluation is not on that set, so the rows are not comparable."]
-    headline = report.get("ten_crop", report["center_crop"])
-    view = "10 crops" if "ten_crop" in report else "centre crop"
-    ranked = sorted((c for c in headline["per_class"] if c["accuracy"] is not None),
-                    key=lambda c: (c["accuracy"], c["class"]))
-    lines += ["", f"## Least accurate classes ({view})", "", "| class | name | images | top-1 accuracy |",
-              "|---|---|---|---|"]
-    lines += [f"| {c['class']} | {c['name']} | {c['images']} | {_percent(c['accuracy'])} |"
-              for c in ranked[:WORST_CLASSES]]
-    lines += ["", f"## Most confused pairs ({view})", "", "| true class | predicted as | images | share of the class |",
-              "|---|---|---|---|"]
-    lines += [f"| {p['true_name']} | {p['predicted_name']} | {p['count']} | {_percent(p['share_of_true_class'])} |"
-              for p in headline["most_confused"]]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], report_dir: str) -> None:
-    """Writes ``report.json`` and ``report.md`` to ``report_dir``, linking the run's curves if drawn."""
-    paths.makedirs(report_dir)
-    # The run's curves (curves.py) beside the report or in the work directory that holds it.
-    for directory in (report_dir, os.path.dirname(paths.absolute(report_dir))):
-        if paths.exists(os.path.join(directory, CURVES_FILE)):
-            report["curves"] = os.path.relpath(os.path.join(directory, CURVES_FILE), report_dir)
-            break
-    paths.write_json(os.path.join(report_dir, REPORT_JSON), report)
-    paths.write_text(os.path.join(report_dir, REPORT_MD), report_markdown(report))
-    logging.info("Wrote %s and %s to %s", REPORT_JSON, REPORT_MD, report_dir)

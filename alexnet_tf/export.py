@@ -4,7 +4,7 @@ Two signatures:
 
 * ``serving_default``: ``image_bytes``, a batch of encoded JPEG or PNG images of any size
   (grayscale and RGBA too), preprocessed inside the graph exactly as the evaluation's centre
-  crop (``preprocess.preprocess_for_eval``). Returns, per image, the top-5 ``classes`` (int32),
+  crop (``device_preprocess.preprocess_for_eval``). Returns, per image, the top-5 ``classes`` (int32),
   ``wnids``, ``names`` and ``probabilities``.
 * ``serve_images``: ``image``, a float32 batch of already preprocessed crops (the evaluation
   pipeline's output). Returns the full softmax ``prob`` and the same top-5 outputs.
@@ -29,9 +29,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import paths, preprocess
+from alexnet_tf import device_preprocess, metrics, paths
 from alexnet_tf.config import Config
-from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.statistics import DatasetStatistics
 
 SERVING_SIGNATURE = "serving_default"
@@ -96,7 +95,7 @@ def checked_preprocess(
     )
     with tf.control_dependencies([check]):
         encoded = tf.identity(encoded)
-    return preprocess.preprocess_for_eval(encoded, config, stats)
+    return device_preprocess.preprocess_for_eval(encoded, config, stats)
 
 
 def bfloat16_copy(model: keras.Model) -> keras.Model:
@@ -185,7 +184,7 @@ def export_saved_model(
     elif not computes_in_float32(model):  # trained under a mixed policy: serve what float32 computes
         model = float32_copy(model)
     size = config.input_size
-    top_k = min(TOP_K, config.num_classes)
+    top_k = metrics.k_for(config.num_classes)
     wnid_table = tf.constant(list(wnids), tf.string)
     name_table = tf.constant(list(names), tf.string)
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from alexnet_tf import data, imagenet, preprocess
+from alexnet_tf import data, device_preprocess, imagenet, preprocess
 from alexnet_tf import paths as paths_lib
 from alexnet_tf.config import Config
 from alexnet_tf.statistics import load_statistics
@@ -177,7 +177,7 @@ def _first_images(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Up to ``limit`` centre crops in file order: (model inputs, displayable uint8, labels)."""
     dataset = data.make_dataset(pattern, False, config, stats=stats, repeat=False)
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     inputs, display, labels = [], [], []
     for features, batch_labels in dataset.take(math.ceil(limit / config.batch_size)):
         inputs.append(finish(features).numpy())

@@ -29,7 +29,7 @@ from absl import logging
 from alexnet_tf import paths
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import WEIGHT_LAYERS, Config, ConfigError
-from alexnet_tf.data import Inputs
+from alexnet_tf.sources import Inputs
 
 CAFFE_SUFFIXES = (".caffemodel", ".npy")
 # What a fine-tuned network takes from its source: the variables' shapes, the layers, and the

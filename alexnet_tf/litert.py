@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import evaluation, export, paths, preprocess, statistics
+from alexnet_tf import export, paths, preprocess, reports, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
 from alexnet_tf.evaluation import Predictor
@@ -82,7 +82,7 @@ def float32_model(model: keras.Model) -> keras.Model:
 def mean_window(config: Config, stats: DatasetStatistics) -> np.ndarray:
     """What the file subtracts: the mean image's centre ``input_size`` window [s, s, 3], or the mean [3].
 
-    The same values ``preprocess.DeviceFinish`` subtracts from the centre crop (``eval_crop``'s offset).
+    The same values ``device_preprocess.DeviceFinish`` subtracts from the centre crop (``eval_crop``'s offset).
     """
     mean = preprocess.mean_to_subtract(config, stats)
     if mean.ndim == 1:
@@ -219,7 +219,7 @@ def export_run(workdir: str, path: str) -> str:
     """A finished training run's model as a LiteRT file at ``path``, with its statistics and class names."""
     model, config = workdir_lib.load_model(workdir)
     stats = workdir_lib.model_statistics(workdir) or statistics.load_statistics(config.data_dir)
-    wnids, names = evaluation.data_class_labels(config.num_classes, config.data_dir)
+    wnids, names = reports.data_class_labels(config.num_classes, config.data_dir)
     return paths.absolute(export_litert(model, path, config, stats, wnids, names))
 
 
@@ -338,7 +338,7 @@ class LiteRTModel:
 def load_predictor(path: str, num_threads: int = DEFAULT_THREADS) -> tuple[Predictor, Config, DatasetStatistics]:
     """The LiteRT file as the evaluator's predictor: mean-subtracted views in, probabilities out.
 
-    The evaluator hands every predictor the views of ``preprocess.DeviceFinish``: pixels minus the
+    The evaluator hands every predictor the views of ``device_preprocess.DeviceFinish``: pixels minus the
     mean image at each view's own position. The file subtracts the centre window itself, so that
     window is added back first: the centre crop then reaches the file as its plain 0-255 pixels,
     and the corner and mirrored views reach the network exactly as they reach the SavedModel.

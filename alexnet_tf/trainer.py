@@ -3,7 +3,7 @@ compiled steps.
 
 ``Trainer`` builds the network and the optimiser inside the strategy's scope and compiles three
 functions: a loop of ``steps_per_loop`` training steps (each ``strategy.run`` on one batch from the
-distributed iterator, the device finishing the host's uint8 crops first), its figures summed over
+distributed iterator, the device finishing the host's uint8 crops first), its metrics summed over
 replicas and steps on the device; and the validation step. ``training.py`` drives it: epochs,
 checkpoints, the progress bar, SIGTERM and the end of a run.
 """
@@ -18,12 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import distribute, evaluation, finetune, preprocess
+from alexnet_tf import device_preprocess, distribute, finetune, metrics
 from alexnet_tf import model as model_lib
 from alexnet_tf.config import Config, ConfigError
-from alexnet_tf.data import Inputs
-from alexnet_tf.evaluation import TOP_K
 from alexnet_tf.optimizer import LearningRateSchedule, PaperSGD
+from alexnet_tf.sources import Inputs
 from alexnet_tf.statistics import DatasetStatistics
 
 
@@ -31,8 +30,8 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped without saving."""
 
 
-class LoopFigures(NamedTuple):
-    """A training loop's figures, summed over its steps (and replicas) on the device."""
+class LoopMetrics(NamedTuple):
+    """A training loop's metrics, summed over its steps (and replicas) on the device."""
 
     loss_sum: float  # each step's mean loss times its images
     top1: float  # top-1 correct
@@ -70,7 +69,7 @@ class Trainer:
                  stats: DatasetStatistics | None = None):
         self.config = config
         # The device's half of the preprocessing, first in the train and validation steps.
-        self.finish = preprocess.DeviceFinish(config, stats)
+        self.finish = device_preprocess.DeviceFinish(config, stats)
         self.strategy = strategy or distribute.make_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
@@ -118,7 +117,7 @@ class Trainer:
         model, optimizer, strategy, finish = self.model, self.optimizer, self.strategy, self.finish
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         global_batch = self.global_batch
-        top_k = min(TOP_K, self.config.num_classes)
+        top_k = metrics.k_for(self.config.num_classes)
         smoothing = self.config.label_smoothing
         # Moving statistics of --batch_norm, assigned by each replica in its forward pass.
         moving = [v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))]
@@ -150,7 +149,7 @@ class Trainer:
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             if moving:
                 distribute.mean_over_replicas(moving)
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k), 1.0 - finite)
+            return (loss, *metrics.correct_counts(labels, probabilities, top_k), 1.0 - finite)
 
         # Traced inside the loop below (and the benchmark's in-graph loop), not compiled alone.
         def train_step(batch):
@@ -183,19 +182,17 @@ class Trainer:
 
     def _make_eval_step(self) -> Callable[[Any], list[tf.Tensor]]:
         model, strategy, finish = self.model, self.strategy, self.finish
-        top_k = min(TOP_K, self.config.num_classes)
+        top_k = metrics.k_for(self.config.num_classes)
 
-        def figures(images, labels):
+        def replica_metrics(images, labels):
             probabilities = model(images, training=False)
             loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
-            return (loss, *evaluation.correct_counts(labels, probabilities, top_k))
+            return (loss, *metrics.correct_counts(labels, probabilities, top_k))
 
         def replica_step(images, labels):
             images = finish(images)
-            # The last global batch can leave a replica without images; a convolution of an
-            # empty batch gives a wrong shape on CPU, so such a replica contributes zeros.
-            return tf.cond(tf.shape(labels)[0] > 0, lambda: figures(images, labels),
-                           lambda: (tf.constant(0.0),) * 4)
+            return distribute.unless_empty_replica(images, lambda: replica_metrics(images, labels),
+                                                   lambda: (tf.constant(0.0),) * 4)
 
         @tf.function(reduce_retracing=True)
         def eval_step(batch):
@@ -213,7 +210,7 @@ class Trainer:
         With ``--deterministic``, a checkpoint taken mid-epoch resumes after the batches already
         trained on (the input pipelines pass over their records without decoding them), so the
         resumed run sees the batches an uninterrupted one saw. Otherwise the pipeline's orders and
-        draws are new in every process (``data._seed``): the rest of the epoch is a fresh draw and
+        draws are new in every process (``data.pipeline_seed``): the rest of the epoch is a fresh draw and
         nothing is skipped.
         """
         done = int(self.step_in_epoch.numpy()) if self.config.deterministic else 0
@@ -243,11 +240,11 @@ class Trainer:
             self._shared_iterator = (inputs, self.distribute(inputs, epoch))
         return self._shared_iterator[1]
 
-    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopFigures, int | None]:
+    def train_loop(self, iterator: Iterator, steps: int) -> tuple[LoopMetrics, int | None]:
         """``steps`` optimisation steps in one call to the device.
 
         Returns:
-          The loop's figures, summed over its steps on the device, and the index (0-based, in
+          The loop's metrics, summed over its steps on the device, and the index (0-based, in
           the loop) of the first step whose loss, probabilities or gradients were not finite on
           some replica, or None. The loop stops after that step.
         """
@@ -257,16 +254,16 @@ class Trainer:
             self._loop_function = self._train_loop.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
             self._loop_iterator = iterator
         *totals, first = (float(v) for v in self._loop_function(iterator, tf.constant(steps, tf.int32)).numpy())
-        return LoopFigures(*totals), (int(first) if first >= 0 else None)
+        return LoopMetrics(*totals), (int(first) if first >= 0 else None)
 
     def train_step(self, iterator: Iterator) -> tuple[float, float, float, float]:
         """One optimisation step: (mean loss, top-1 correct, top-5 correct, images).
 
         The loss is NaN when a replica's loss or gradients were not finite.
         """
-        figures, non_finite = self.train_loop(iterator, 1)
-        loss = figures.loss_sum / figures.images if figures.images else 0.0
-        return (loss if non_finite is None else math.nan), figures.top1, figures.top5, figures.images
+        loop, non_finite = self.train_loop(iterator, 1)
+        loss = loop.loss_sum / loop.images if loop.images else 0.0
+        return (loss if non_finite is None else math.nan), loop.top1, loop.top5, loop.images
 
     def validate(self, inputs: Inputs) -> dict[str, float] | None:
         """Centre-crop loss and top-1/top-5 error over the validation inputs, or None without any."""

@@ -4,11 +4,11 @@ The model, the optimiser and the compiled steps are ``trainer.Trainer``'s. One l
 strategy (``distribute.make_strategy``: one device, ``MirroredStrategy`` over GPUs,
 ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set): a ``tf.function`` that runs
 ``steps_per_loop`` steps, each ``strategy.run`` on a batch from
-``distribute_datasets_from_function``, its figures summed over replicas and steps on the device, so
+``distribute_datasets_from_function``, its metrics summed over replicas and steps on the device, so
 the host (progress bar, TensorBoard, SIGTERM, the NaN check, checkpoints) sees the run once per
 loop. Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585),
 so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the batches
-``data.Inputs``, and everything a run writes goes where ``workdir.py`` says.
+``sources.Inputs``, and everything a run writes goes where ``workdir.py`` says.
 
 Running again with the same work directory resumes from the latest checkpoint. In deterministic
 mode each epoch reads a fresh pipeline seeded by (seed, epoch), so a resumed run sees the same
@@ -19,6 +19,7 @@ Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -33,10 +34,10 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
-from alexnet_tf import curves, data, distribute, evaluation, export, finetune, paths, statistics
+from alexnet_tf import curves, distribute, evaluation, export, finetune, paths, reports, sources, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config, ConfigError, parse_profile_steps
-from alexnet_tf.data import Inputs
+from alexnet_tf.sources import Inputs
 from alexnet_tf.trainer import NonFiniteLossError, Trainer
 
 # The stall warning: a training loss this close (relative) to ln(num_classes), the loss of a
@@ -89,7 +90,7 @@ def train(
         (centre crop and 10-crop) and export the SavedModel.
       step_callback: called after every loop of ``config.steps_per_loop`` steps (fewer at the end
         of an epoch, before a checkpoint step and at ``--profile_steps``' bounds) with (global
-        step at its end, the loop's figures: mean loss, top-1/top-5 error, learning rate, images/s).
+        step at its end, the loop's metrics: mean loss, top-1/top-5 error, learning rate, images/s).
       verbose: show a progress bar.
 
     Returns:
@@ -119,9 +120,9 @@ def _inputs_of(config: Config, inputs: Inputs | None, synthetic: bool) -> Inputs
     if inputs is not None:
         return inputs
     if synthetic:
-        return data.synthetic_inputs(config)
+        return sources.synthetic_inputs(config)
     if config.data_dir:
-        return data.record_inputs(config, config.data_dir)
+        return sources.record_inputs(config, config.data_dir)
     raise ConfigError("no training data: pass --data_dir (converted records), --dataset or --synthetic")
 
 
@@ -199,12 +200,13 @@ def _train(
     last_validation = None
     profiler = _Profiler(config.profile_steps, os.path.join(workdir, workdir_lib.PROFILE_DIR), chief)
     with _sigterm_flag() as sigterm, contextlib.closing(profiler):
+        loop = _LoopContext(trainer, inputs, checkpoints, writers["train"], sigterm, profiler, step_callback,
+                            verbose and chief)
         while int(trainer.epoch.numpy()) < config.epochs:
             epoch = int(trainer.epoch.numpy())
             rate = trainer.schedule.rate_for_epoch(epoch)
             trainer.set_learning_rate(rate)
-            stopped = _train_epoch(trainer, inputs, epoch, rate, checkpoints, writers["train"], sigterm,
-                                   step_callback, verbose and chief, profiler)
+            stopped = _train_epoch(loop, epoch, rate)
             if stopped:
                 logging.warning("Stopped by SIGTERM at epoch %d step %d; checkpoint %s. Run again with "
                                 "--workdir=%s to resume.", epoch + 1, int(trainer.step_in_epoch.numpy()),
@@ -280,11 +282,24 @@ def _loop_length(config: Config, step: int, steps: int, global_step: int, bounds
     return length
 
 
-def _train_epoch(
-    trainer: Trainer, inputs: Inputs, epoch: int, rate: float, checkpoints: workdir_lib.Checkpoints, writer: Any,
-    sigterm: dict[str, bool], step_callback: Callable | None, verbose: bool, profiler: _Profiler,
-) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class _LoopContext:
+    """What the loops of a run need besides the epoch and its learning rate."""
+
+    trainer: Trainer
+    inputs: Inputs
+    checkpoints: workdir_lib.Checkpoints  # saved at checkpoint steps and on SIGTERM
+    writer: Any  # the training split's summary writer: one point per loop
+    sigterm: dict[str, bool]  # ``_sigterm_flag``'s flag, checked after each loop
+    profiler: _Profiler  # ends loops at its bounds and traces between them
+    step_callback: Callable[[int, dict[str, float]], None] | None  # after each loop: global step, its metrics
+    verbose: bool  # a progress bar (the chief's)
+
+
+def _train_epoch(loop: _LoopContext, epoch: int, rate: float) -> str | None:
     """Runs the rest of epoch ``epoch``, a loop of steps per call; the checkpoint path when SIGTERM stopped it."""
+    trainer, inputs, checkpoints, profiler, verbose = (loop.trainer, loop.inputs, loop.checkpoints, loop.profiler,
+                                                       loop.verbose)
     config = trainer.config
     steps = inputs.steps_per_epoch
     step = int(trainer.step_in_epoch.numpy())
@@ -298,7 +313,7 @@ def _train_epoch(
         length = _loop_length(config, step, steps, global_step, profiler.bounds())
         profiler.before_loop(global_step)
         start = time.perf_counter()
-        loop, non_finite = trainer.train_loop(iterator, length)
+        sums, non_finite = trainer.train_loop(iterator, length)
         seconds = time.perf_counter() - start
         if non_finite is not None:
             raise NonFiniteLossError(
@@ -313,21 +328,21 @@ def _train_epoch(
         trainer.step_in_epoch.assign(step)
         trainer.global_step.assign(global_step)
         profiler.after_loop(global_step)
-        totals += loop
-        loss, top1, top5, count = loop.loss_sum / loop.images, loop.top1, loop.top5, loop.images
-        figures = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
-                   "lr": rate, "images/s": count / seconds}
-        progress.update(step, [(k, v) for k, v in figures.items()])
+        totals += sums
+        loss, top1, top5, count = sums.loss_sum / sums.images, sums.top1, sums.top5, sums.images
+        loop_metrics = {"loss": loss, "top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count,
+                        "lr": rate, "images/s": count / seconds}
+        progress.update(step, [(k, v) for k, v in loop_metrics.items()])
         # One point per loop, at its last step: the mean of its steps (curves.py weighs it so).
-        workdir_lib.write_scalars(writer, global_step, {("images_per_second" if k == "images/s" else k): v
-                                                        for k, v in figures.items()})
-        if step_callback is not None:
-            step_callback(global_step, figures)
+        workdir_lib.write_scalars(loop.writer, global_step, {("images_per_second" if k == "images/s" else k): v
+                                                             for k, v in loop_metrics.items()})
+        if loop.step_callback is not None:
+            loop.step_callback(global_step, loop_metrics)
         _warn_if_stalled(config, loss, global_step, length)
         every = config.checkpoint_every_steps
-        if sigterm["stop"] or (every and global_step % every == 0 and step < steps):
+        if loop.sigterm["stop"] or (every and global_step % every == 0 and step < steps):
             path = checkpoints.save()
-            if sigterm["stop"]:
+            if loop.sigterm["stop"]:
                 return path
     loss, top1, top5, count = totals
     if count:
@@ -368,7 +383,7 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
         results["curves"] = curves.draw_run_curves(workdir, inputs.steps_per_epoch)  # before report.md links it
     if not inputs.data_dir:
         return results
-    wnids, names = evaluation.data_class_labels(config.num_classes, inputs.data_dir)
+    wnids, names = reports.data_class_labels(config.num_classes, inputs.data_dir)
     stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
     report_dir = os.path.join(workdir, workdir_lib.REPORT_DIR)
     report = evaluation.evaluate(trainer.model, config, inputs.data_dir,

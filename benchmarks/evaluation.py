@@ -28,7 +28,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from alexnet_tf import evaluation, export, imagenet, preprocess, records  # noqa: E402
+from alexnet_tf import device_preprocess, evaluation, export, imagenet, records  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 from alexnet_tf.model import build_from_config  # noqa: E402
 from alexnet_tf.statistics import imagenet_statistics  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
             for key, (dataset, is_ten_crop) in evaluation.view_datasets(config, work, stats).items():
                 _, labels, elapsed = evaluation.predict_top_k(
                     evaluation.as_predictor(model), dataset, config.num_classes, is_ten_crop, progress=False,
-                    finish=preprocess.DeviceFinish(config, stats))
+                    finish=device_preprocess.DeviceFinish(config, stats))
                 seconds[key].append(elapsed)
         num_images = len(labels)
         results["eval_images"] = num_images

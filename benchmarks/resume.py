@@ -7,7 +7,7 @@ trained on, so that it sees exactly the batches an uninterrupted run would. The 
 the file interleave and the record shuffle (they decide which records were used), so every
 skipped record is read from storage, though not decoded. This script converts the real ImageNet
 sample (1,000 original JPEGs, bytes kept) once, repeats its shards ``--copies`` times, and
-times ``data.record_inputs(...).train(...)`` to its first batch when resuming at each fraction of
+times ``sources.record_inputs(...).train(...)`` to its first batch when resuming at each fraction of
 an epoch, from the local disk and from ``ram://`` (TensorFlow's in-process file system, which
 goes through the same layer as ``gs://``). Outside ``--deterministic`` a resume skips nothing.
 The last line printed is one JSON object; it includes the seconds per skipped record and what
@@ -44,9 +44,9 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def _first_batch_seconds(data_dir: str, config, skip_batches: int) -> float:
     import tensorflow as tf
 
-    from alexnet_tf import data
+    from alexnet_tf import sources
 
-    inputs = data.record_inputs(config, data_dir)
+    inputs = sources.record_inputs(config, data_dir)
     start = time.perf_counter()
     next(iter(inputs.train(tf.distribute.InputContext(), 0, skip_batches)))
     return time.perf_counter() - start

@@ -331,14 +331,14 @@ def _compare(f32_dir: str, bf16_dir: str) -> dict:
 
 def _compare_litert(saved_model: str, litert_file: str, data_dir: str) -> dict:
     """Both exports through the evaluator's views: per-image top-1 agreement, and each one's errors."""
-    from alexnet_tf import evaluation, export, litert, preprocess
+    from alexnet_tf import device_preprocess, evaluation, export, litert
 
     predict_f32, config = export.load_predictor(saved_model)
     predict_litert, litert_config, stats = litert.load_predictor(litert_file)
     if litert_config != config:
         raise ValueError(f"{saved_model} and {litert_file} were exported from different configurations")
     result: dict = {"data_dir": data_dir, "litert_file_mb": round(os.path.getsize(litert_file) / 1e6, 1)}
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     for view, (dataset, ten_crop) in evaluation.view_datasets(config, data_dir, stats).items():
         tops = {}
         for name, predict in (("float32", predict_f32), ("litert", predict_litert)):

@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from alexnet_tf import data, distribute, training  # noqa: E402
+from alexnet_tf import distribute, sources, training  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf.config import Config, get_config  # noqa: E402
 from alexnet_tf.optimizer import PaperSGD  # noqa: E402
@@ -154,7 +154,7 @@ def _our_loop_step(config, batch_size: int, steps: int) -> tuple[float, float]:
     config = config.replace(batch_size=batch_size)
     trainer = training.Trainer(config, distribute.make_strategy(devices=["/cpu:0"]))
     trainer.set_learning_rate(config.learning_rate)
-    iterator = trainer.distribute(data.synthetic_inputs(config), 0)
+    iterator = trainer.distribute(sources.synthetic_inputs(config), 0)
     return _time(lambda: trainer.train_step(iterator), steps)
 
 
@@ -171,7 +171,7 @@ def time_in_graph(config: Config, steps: int) -> float:
     """Images/s of the Trainer's train step in one tf.while_loop of ``steps`` steps."""
     trainer = training.Trainer(config, distribute.make_strategy(devices=["/cpu:0"]))
     trainer.set_learning_rate(config.learning_rate)
-    iterator = trainer.distribute(data.synthetic_inputs(config), 0)
+    iterator = trainer.distribute(sources.synthetic_inputs(config), 0)
     step = trainer._train_step  # the function the Trainer's loops run, one batch per call
 
     @tf.function

@@ -29,7 +29,7 @@ from caffe_reference import caffe_forward as numpy_caffe_forward
 from conftest import ROOT
 from converted import ASSORTED
 
-from alexnet_tf import caffe, evaluation, load_reference_weights
+from alexnet_tf import caffe, load_reference_weights, reports
 from alexnet_tf.layers import LocalResponseNormalization
 
 # Keras layer -> Caffe blob, in the order the network computes them.
@@ -332,7 +332,7 @@ def test_evaluate_py_runs_the_reference_weights(weight_files, converted, tmp_pat
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Caffe's conventions: LRN k=1, alpha=0.0001/5" in result.stderr
-    report = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    report = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert report["num_classes"] == 1000 and report["statistics"] == str(mean)
     assert 0.0 <= report["center_crop"]["top1_error"] <= 1.0
     usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--mean_file={mean}", "--saved_model=x"],

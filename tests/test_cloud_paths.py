@@ -23,7 +23,19 @@ import pytest
 import tensorflow as tf
 from converted import SHAPES
 
-from alexnet_tf import converter, data, evaluation, export, figures, paths, records, statistics, training
+from alexnet_tf import (
+    converter,
+    data,
+    evaluation,
+    export,
+    figures,
+    paths,
+    records,
+    reports,
+    sources,
+    statistics,
+    training,
+)
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import get_config
 
@@ -154,7 +166,7 @@ def test_statistics_and_manifest_are_read_from_a_ram_data_dir(shapes_records):
     record["mean_rgb"] = [10.0, 20.0, 30.0]
     paths.write_json(os.path.join(remote, records.STATISTICS_FILE), record)
     config = get_config("tiny", data_dir=remote, deterministic=True)
-    inputs = data.record_inputs(config, remote)
+    inputs = sources.record_inputs(config, remote)
     assert inputs.stats.source == os.path.join(remote, records.STATISTICS_FILE)
     np.testing.assert_allclose(inputs.stats.mean_rgb, [10.0, 20.0, 30.0])
     local_stats = statistics.load_statistics(local)
@@ -173,7 +185,7 @@ def test_unsupported_work_and_data_directories_fail_before_any_work(shapes_recor
     with pytest.raises(paths.UnsupportedPathError, match="--data_dir=foo://records"):
         training.train(config.replace(data_dir="foo://records"), str(tmp_path / "run"), verbose=False)
     with pytest.raises(paths.UnsupportedPathError, match="--data_dir=s3://bucket/records"):
-        data.record_inputs(config, "s3://bucket/records")
+        sources.record_inputs(config, "s3://bucket/records")
     with pytest.raises(converter.ConversionError, match="--output_directory=s3://bucket/records"):
         _convert_shapes(pathlib.Path(local).parent, "s3://bucket/records", num_workers=1)
     assert not os.listdir(tmp_path)
@@ -201,7 +213,7 @@ def _report_without_timings(report: dict) -> dict:
 
 def _run(config, data_dir: str, workdir: str) -> tuple[dict, dict, list[np.ndarray]]:
     summary = training.train(config.replace(data_dir=data_dir), workdir, verbose=False)
-    report = paths.read_json(os.path.join(workdir, workdir_lib.REPORT_DIR, evaluation.REPORT_JSON))
+    report = paths.read_json(os.path.join(workdir, workdir_lib.REPORT_DIR, reports.REPORT_JSON))
     model, _ = workdir_lib.load_model(workdir)
     return summary, report, [np.array(w) for w in model.weights]
 
@@ -227,12 +239,12 @@ def test_a_run_on_ram_matches_the_local_run_and_resumes(shapes_records, tmp_path
     assert summary["workdir"] == workdir and summary["saved_model"] == os.path.join(workdir, workdir_lib.EXPORT_DIR)
     assert summary["summary"] == os.path.join(workdir, workdir_lib.SUMMARY_FILE)
     for name in (workdir_lib.CONFIG_FILE, workdir_lib.SUMMARY_FILE, workdir_lib.MODEL_FILE, workdir_lib.CURVES_FILE,
-                 records.STATISTICS_FILE, os.path.join(workdir_lib.REPORT_DIR, evaluation.REPORT_MD),
+                 records.STATISTICS_FILE, os.path.join(workdir_lib.REPORT_DIR, reports.REPORT_MD),
                  os.path.join(workdir_lib.EXPORT_DIR, "saved_model.pb"), os.path.join(workdir_lib.EXPORT_DIR,
                                                                                        export.LABELS_FILE)):
         assert paths.exists(os.path.join(workdir, name)), name
     assert paths.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))["workdir"] == workdir
-    assert "(../curves.png)" in paths.read_text(os.path.join(workdir, workdir_lib.REPORT_DIR, evaluation.REPORT_MD))
+    assert "(../curves.png)" in paths.read_text(os.path.join(workdir, workdir_lib.REPORT_DIR, reports.REPORT_MD))
     assert tf.io.gfile.glob(os.path.join(workdir, workdir_lib.LOG_DIR, "train", "events.out.tfevents.*"))
 
     # The SavedModel on ram:// serves the same probabilities as the local one.

@@ -7,7 +7,7 @@ import json
 import converter_helpers as h
 import pytest
 
-from alexnet_tf import converter, evaluation, statistics
+from alexnet_tf import converter, reports, statistics
 from alexnet_tf.converter.image import STATISTICS_METHOD
 from alexnet_tf.converter.manifest import MixedStatisticsError
 
@@ -51,7 +51,7 @@ def test_the_class_files_the_readers_need_are_written_here(tmp_path):
     assert (out / converter.SYNSETS_FILE).read_text() == "n01440764\nn99000001\n"
     assert (out / converter.METADATA_FILE).read_text() == "n01440764\ttench\nn99000001\tn99000001\n"
     # The readers find the names through the same file names.
-    assert evaluation.class_labels(2, str(out / converter.SYNSETS_FILE)) == (wnids, ["tench", "n99000001"])
+    assert reports.class_labels(2, str(out / converter.SYNSETS_FILE)) == (wnids, ["tench", "n99000001"])
     (out / converter.METADATA_FILE).unlink()
     assert not converter.is_converted(str(out))
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from alexnet_tf import curves
 from alexnet_tf import workdir as workdir_lib
-from alexnet_tf.evaluation import REPORT_MD, write_report
+from alexnet_tf.reports import REPORT_MD, write_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4  # per epoch

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
-from alexnet_tf import data, preprocess, records
+from alexnet_tf import data, device_preprocess, preprocess, records, sources
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics, load_statistics
 
@@ -82,7 +82,7 @@ def test_eval_reads_every_record_once_in_order(shards, config, stored):
     images, labels = batches[0]
     assert images.dtype == tf.float32 and images.shape[1:] == (67, 67, 3) and labels.dtype == tf.int32
     np.testing.assert_allclose(
-        images[1].numpy(), preprocess.preprocess_for_eval(stored[1].encoded, config, stats).numpy(), atol=1e-4
+        images[1].numpy(), device_preprocess.preprocess_for_eval(stored[1].encoded, config, stats).numpy(), atol=1e-4
     )
     # A short last batch is kept.
     validation = list(
@@ -105,7 +105,7 @@ def test_eval_ten_crop(shards, config):
     assert labels.numpy().tolist() == [r.label for r in first]
     for row, record in enumerate(first):
         np.testing.assert_allclose(
-            images[row].numpy(), preprocess.preprocess_for_ten_crop(record.encoded, config, stats).numpy(),
+            images[row].numpy(), device_preprocess.preprocess_for_ten_crop(record.encoded, config, stats).numpy(),
             atol=1e-4,
         )
     # Patches 5-9 are patches 0-4 mirrored, the centre one included.
@@ -214,10 +214,10 @@ def test_statistics_beside_the_shards_are_used(shards, config, stored, tmp_path)
     stats.save(str(shards))
     pattern = data.file_pattern(str(shards), "train")
     # The mean reaches the device through the run's inputs.
-    inputs = data.record_inputs(config, str(shards))
+    inputs = sources.record_inputs(config, str(shards))
     features, _ = next(iter(data.make_dataset(pattern, False, config)))
-    images = preprocess.DeviceFinish(config, inputs.stats)(features)
-    expected = preprocess.preprocess_for_eval(stored[0].encoded, config, imagenet_statistics()).numpy()
+    images = device_preprocess.DeviceFinish(config, inputs.stats)(features)
+    expected = device_preprocess.preprocess_for_eval(stored[0].encoded, config, imagenet_statistics()).numpy()
     # The published means were subtracted there; here (1, 2, 3).
     np.testing.assert_allclose(
         images[0].numpy(), expected + imagenet_statistics().mean_rgb - [1, 2, 3], atol=1e-3
@@ -232,7 +232,7 @@ def test_real_jpegs_through_the_pipeline(converted):
     config = get_config("paper", batch_size=4, shuffle_buffer=16)
     features, labels = next(iter(data.make_dataset(data.file_pattern(str(real), "train"), True, config)))
     assert features[preprocess.IMAGE].shape == (4, 227, 227, 3) and labels.shape == (4,)
-    images = preprocess.DeviceFinish(config, load_statistics(str(real)))(features)
+    images = device_preprocess.DeviceFinish(config, load_statistics(str(real)))(features)
     # Mean-subtracted raw pixels: centred near 0, on the 0-255 scale.
     assert -128 < float(tf.reduce_mean(images)) < 128 and float(tf.reduce_max(images)) > 50
 
@@ -279,13 +279,13 @@ def test_record_counts_come_from_the_manifest_else_from_the_shards(tmp_path, con
 RESTART_PROBE = """
 import json, sys
 import keras, tensorflow as tf
-from alexnet_tf import data
+from alexnet_tf import data, sources
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics
 deterministic, epoch = sys.argv[1] == "1", int(sys.argv[2])
 config = get_config("tiny", deterministic=deterministic)
 keras.utils.set_random_seed(config.seed)
-config = config.replace(seed=data.epoch_seed(config, epoch))  # as record_inputs does per epoch
+config = config.replace(seed=sources.epoch_seed(config, epoch))  # as record_inputs does per epoch
 names = [f"train-{i:05d}-of-00032" for i in range(32)]
 files = data.shuffle_files(tf.data.Dataset.from_tensor_slices(names), len(names), config, 0).repeat(2)
 order = [name.decode() for name in files.as_numpy_iterator()]

@@ -67,3 +67,23 @@ def test_an_overflow_poisons_every_gradient_and_finite_ones_pass_unchanged():
     poisoned = distribute.overflow_on_every_replica(overflowing)
     # Every tensor, not only the one that overflowed: the optimiser skips the whole step.
     assert all(np.all(np.isnan(g.numpy().astype(np.float32))) for g in poisoned)
+
+
+def test_an_empty_replica_does_not_run_the_network_and_contributes_its_empty_value():
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return tf.constant(1.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2, 2, 3])])
+    def guarded(images):
+        return distribute.unless_empty_replica(images, lambda: tf.reduce_sum(images) + 1.0, lambda: tf.constant(0.0))
+
+    assert float(guarded(tf.ones([2, 2, 2, 3]))) == 25.0
+    assert float(guarded(tf.zeros([0, 2, 2, 3]))) == 0.0
+    # Eagerly only the branch taken runs.
+    assert float(distribute.unless_empty_replica(tf.zeros([0, 3]), compute, lambda: tf.constant(0.0))) == 0.0
+    assert not calls
+    assert float(distribute.unless_empty_replica(tf.zeros([1, 3]), compute, lambda: tf.constant(0.0))) == 1.0
+    assert calls == [1]

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from eval_helpers import ROOT
 
-from alexnet_tf import evaluation, export, preprocess
+from alexnet_tf import device_preprocess, evaluation, export, records, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
@@ -33,24 +33,13 @@ def report(run, tmp_path_factory):
 def _direct_probabilities(run, model, view) -> np.ndarray:
     """Probabilities per validation file, preprocessed one JPEG at a time, in one model call."""
     if view == "center_crop":
-        images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+        images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
                            for encoded in run.val_images])
         return np.asarray(model(images, training=False))
-    views = np.stack([preprocess.preprocess_for_ten_crop(tf.constant(encoded), run.config, run.stats)
+    views = np.stack([device_preprocess.preprocess_for_ten_crop(tf.constant(encoded), run.config, run.stats)
                       for encoded in run.val_images])
     prob = np.asarray(model(views.reshape((-1,) + views.shape[2:]), training=False))
     return prob.reshape(len(run.val_images), 10, -1).mean(axis=1)
-
-
-def test_metrics_known_answer():
-    top_k = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [1, 5, 6, 7, 8], [3, 0, 1, 2, 4]])
-    labels = np.array([0, 0, 0, 3])
-    result = evaluation.metrics(top_k, labels, num_classes=9)
-    assert result["top1_error"] == pytest.approx(0.5)
-    assert result["top5_error"] == pytest.approx(0.25)
-    accuracy = {c["class"]: c["accuracy"] for c in result["per_class"]}
-    assert accuracy[0] == pytest.approx(1 / 3) and accuracy[3] == 1.0 and accuracy[5] is None
-    assert [(p["true"], p["predicted"], p["count"]) for p in result["most_confused"]] == [(0, 1, 1), (0, 2, 1)]
 
 
 def test_ten_crop_averages_softmax_probabilities_not_logits():
@@ -105,10 +94,10 @@ def test_report_matches_a_direct_computation(run, report):
 
 def test_report_files(report):
     result, report_dir = report
-    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    saved = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert saved["center_crop"]["top1_error"] == result["center_crop"]["top1_error"]
     assert saved["ten_crop"]["top5_error"] == result["ten_crop"]["top5_error"]
-    markdown = (report_dir / evaluation.REPORT_MD).read_text()
+    markdown = (report_dir / reports.REPORT_MD).read_text()
     for text in ("| this model, centre crop |", "| this model, 10 crops |", "40.7 %", "18.2 %", "37.5 %", "17.0 %",
                  f"{100 * result['ten_crop']['top1_error']:.1f} %", "not comparable"):
         assert text in markdown
@@ -133,7 +122,7 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
     ten = evaluation.data.make_dataset(
         evaluation.data.file_pattern(run.data_dir, "validation"), False, config, stats=run.stats, ten_crop=True
     )
-    finish = preprocess.DeviceFinish(config, run.stats)
+    finish = device_preprocess.DeviceFinish(config, run.stats)
     centre_top, centre_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), dataset, 10, False,
                                                             progress=False, finish=finish)
     ten_top, ten_labels, _ = evaluation.predict_top_k(evaluation.as_predictor(model), ten, 10, True, progress=False,
@@ -145,7 +134,7 @@ def test_ten_crop_equals_centre_crop_when_the_views_coincide(run):
 def test_ten_crop_is_the_mean_of_an_image_and_its_mirror_when_the_views_coincide(run):
     config = run.config.replace(image_size=run.config.input_size)
     result = evaluation.evaluate(run.model, config, run.data_dir, progress=False)
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
+    images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
                        for encoded in run.val_images])
     prob = np.asarray(run.model(images, training=False))
     mirrored = np.asarray(run.model(images[:, :, ::-1], training=False))
@@ -167,7 +156,7 @@ def test_same_report_under_a_mirrored_strategy(run, report):
 
 
 def test_load_model_from_keras_file_and_from_checkpoint(run, tmp_path):
-    images = np.stack([preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+    images = np.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
                        for encoded in run.val_images[:4]])
     expected = np.asarray(run.model(images, training=False))
     keras_dir, checkpoint_dir = tmp_path / "keras_run", tmp_path / "checkpoint_run"
@@ -204,19 +193,19 @@ def test_evaluating_through_the_saved_model_gives_the_same_report(run, report, t
 
 
 def test_class_labels():
-    wnids, names = evaluation.class_labels(1000)
+    wnids, names = reports.class_labels(1000)
     assert len(wnids) == len(names) == 1000 and names[0].startswith("tench")
     with pytest.raises(ValueError, match="--synsets"):
-        evaluation.class_labels(10)
+        reports.class_labels(10)
 
 
 def test_class_labels_read_the_metadata_beside_the_synsets_file(tmp_path):
     """The built-in data set's made-up wnids get their names from metadata.txt beside synsets.txt."""
     synsets = tmp_path / "synsets.txt"
     synsets.write_text("n99000000\nn01440764\n")
-    assert evaluation.class_labels(2, str(synsets))[1] == ["n99000000", "tench, Tinca tinca"]
-    (tmp_path / evaluation.METADATA_FILE).write_text("n99000000\tdisc\nn01440764\tfish\n")
-    wnids, names = evaluation.class_labels(2, str(synsets))
+    assert reports.class_labels(2, str(synsets))[1] == ["n99000000", "tench, Tinca tinca"]
+    (tmp_path / records.METADATA_FILE).write_text("n99000000\tdisc\nn01440764\tfish\n")
+    wnids, names = reports.class_labels(2, str(synsets))
     assert wnids == ["n99000000", "n01440764"] and names == ["disc", "fish"]
 
 
@@ -232,9 +221,9 @@ def test_evaluate_cli(shared_data, run, tmp_path):
                "--figures", "--figure_train_images=32"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads((report_dir / evaluation.REPORT_JSON).read_text())
+    saved = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert set(saved) >= {"center_crop", "ten_crop"}
-    assert "tench, Tinca tinca" in (report_dir / evaluation.REPORT_MD).read_text()
+    assert "tench, Tinca tinca" in (report_dir / reports.REPORT_MD).read_text()
     assert sorted(p.name for p in (report_dir / "figures").iterdir()) == [
         "figure3_conv1_kernels.png", "figure4_neighbours.png", "figure4_predictions.png"]
     usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import export, preprocess
+from alexnet_tf import device_preprocess, export
 from alexnet_tf import workdir as workdir_lib
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -77,7 +77,7 @@ def _test_images(shared_data, run) -> dict[str, bytes]:
 
 def _python_path(run, encoded: bytes) -> np.ndarray:
     """Probabilities through the evaluation pipeline's centre crop and the Keras model."""
-    image = preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
+    image = device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats)
     return run.model(image[None], training=False).numpy()[0]
 
 
@@ -100,7 +100,7 @@ def test_header_height_width_matches_decoded_size(shared_data, run):
 def test_checked_preprocess_refuses_too_many_pixels(shared_data, run):
     encoded = tf.constant((shared_data / LARGE_JPEG).read_bytes())
     allowed = export.checked_preprocess(encoded, run.config, run.stats)
-    np.testing.assert_array_equal(allowed, preprocess.preprocess_for_eval(encoded, run.config, run.stats))
+    np.testing.assert_array_equal(allowed, device_preprocess.preprocess_for_eval(encoded, run.config, run.stats))
     with pytest.raises(tf.errors.InvalidArgumentError, match="Image refused"):
         export.checked_preprocess(encoded, run.config, run.stats, max_pixels=100 * 100)
 
@@ -121,7 +121,7 @@ def test_signatures_and_outputs(export_dir, run):
 
 def test_float_signature_gives_the_keras_models_probabilities(export_dir, run):
     predict, config = export.load_predictor(export_dir)
-    images = tf.stack([preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
+    images = tf.stack([device_preprocess.preprocess_for_eval(tf.constant(encoded), config, run.stats)
                        for encoded in run.val_images[:8]])
     np.testing.assert_allclose(predict(images).numpy(), run.model(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 from converted import SHAPES, read_records  # noqa: E402
 
-from alexnet_tf import data, finetune, folders, statistics, synthetic_data, training  # noqa: E402
+from alexnet_tf import data, finetune, folders, sources, statistics, synthetic_data, training  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import ConfigError, get_config  # noqa: E402
@@ -185,7 +185,7 @@ def test_frozen_layers_do_not_move_and_the_others_do():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, config.num_classes, 32).astype(np.int32)
     images = rng.normal(0.0, 50.0, (32, config.input_size, config.input_size, 3)).astype(np.float32)
-    inputs = data.array_inputs(config, images, labels)
+    inputs = sources.array_inputs(config, images, labels)
     trainer = Trainer(config, stats=None)
     before = _weights(trainer.model, [layer.name for layer in trainer.model.layers if layer.weights])
     assert not trainer.model.get_layer("conv2_bn").trainable and trainer.model.get_layer("conv3_bn").trainable

@@ -16,7 +16,7 @@ import tensorflow as tf
 from eval_helpers import ROOT
 from PIL import Image
 
-from alexnet_tf import evaluation, litert, preprocess
+from alexnet_tf import device_preprocess, evaluation, litert, preprocess
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
@@ -59,7 +59,7 @@ def float32_litert_file(run, tmp_path_factory) -> str:
 
 def _keras_probabilities(run, images: list[bytes]) -> np.ndarray:
     """The evaluation's centre crop through the Keras model."""
-    views = np.stack([preprocess.preprocess_for_eval(tf.constant(e), run.config, run.stats) for e in images])
+    views = np.stack([device_preprocess.preprocess_for_eval(tf.constant(e), run.config, run.stats) for e in images])
     return np.asarray(run.model(views, training=False))
 
 
@@ -177,7 +177,7 @@ def test_centre_crop_is_the_evaluation_crop(shared_data, run):
         crop = litert.centre_crop(encoded, run.config).numpy()
         assert crop.dtype == np.float32 and crop.shape == window.shape, name
         np.testing.assert_array_equal(crop, preprocess.eval_crop(tf.constant(encoded), run.config)[preprocess.IMAGE])
-        view = preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats).numpy()
+        view = device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats).numpy()
         np.testing.assert_allclose(crop - window, view, atol=1e-4, err_msg=name)
         np.testing.assert_array_equal(in_graph(tf.constant(encoded)).numpy(), crop)
     mapped = tf.data.Dataset.from_tensor_slices(run.val_images[:3]).map(lambda e: litert.centre_crop(e, run.config))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import preprocess
+from alexnet_tf import device_preprocess, preprocess
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import DatasetStatistics, imagenet_statistics
 
@@ -289,7 +289,7 @@ def test_train_view_is_a_crop_of_the_central_square(encode, tiny, stats):
     square = _mean_subtracted_square(encoded, config, stats)
     for i in range(4):
         out = _both(
-            lambda e, s: preprocess.preprocess_for_train(e, config, stats, s), encoded, tf.constant([i, 1])
+            lambda e, s: device_preprocess.preprocess_for_train(e, config, stats, s), encoded, tf.constant([i, 1])
         )
         assert out.shape == (67, 67, 3) and out.dtype == np.float32
         assert _matches_some_crop(out, square, atol=1e-3)
@@ -304,7 +304,7 @@ def test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square(tiny
         square = _rounded_square(encoded, 76) - stats.mean_image
         for i in range(6):
             out = _both(
-                lambda e, s: preprocess.preprocess_for_train(e, config, stats, s),
+                lambda e, s: device_preprocess.preprocess_for_train(e, config, stats, s),
                 encoded,
                 tf.constant([i, 9]),
             )
@@ -313,17 +313,17 @@ def test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square(tiny
 
 def test_train_view_deterministic_per_seed_with_colour_noise(tiny, stats):
     encoded = tf.io.encode_png(_random_uint8(80, 95))
-    first = preprocess.preprocess_for_train(encoded, tiny, stats, tf.constant([4, 2])).numpy()
-    again = preprocess.preprocess_for_train(encoded, tiny, stats, tf.constant([4, 2])).numpy()
+    first = device_preprocess.preprocess_for_train(encoded, tiny, stats, tf.constant([4, 2])).numpy()
+    again = device_preprocess.preprocess_for_train(encoded, tiny, stats, tf.constant([4, 2])).numpy()
     np.testing.assert_array_equal(first, again)
-    without = preprocess.preprocess_for_train(
+    without = device_preprocess.preprocess_for_train(
         encoded, tiny.replace(pca_std=0.0), stats, tf.constant([4, 2])
     ).numpy()
     shift = (first - without).reshape(-1, 3)
     # The colour noise is one RGB offset for the whole image.
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-3)
     assert np.abs(shift[0]).max() > 0
-    others = {preprocess.preprocess_for_train(encoded, tiny, stats).numpy().tobytes() for _ in range(3)}
+    others = {device_preprocess.preprocess_for_train(encoded, tiny, stats).numpy().tobytes() for _ in range(3)}
     assert len(others) == 3  # seed=None draws fresh randomness
 
 
@@ -332,12 +332,12 @@ def test_real_jpegs_all_views(shared_data, tiny, stats):
     for name in (GRAYSCALE_JPEG, TINY_JPEG, RGB_JPEG):
         encoded = tf.io.read_file(str(shared_data / name))
         train = _both(
-            lambda e, s: preprocess.preprocess_for_train(e, config, stats, s), encoded, tf.constant([1, 2])
+            lambda e, s: device_preprocess.preprocess_for_train(e, config, stats, s), encoded, tf.constant([1, 2])
         )
         assert train.shape == (227, 227, 3)
-        evaluated = _both(lambda e: preprocess.preprocess_for_eval(e, config, stats), encoded)
+        evaluated = _both(lambda e: device_preprocess.preprocess_for_eval(e, config, stats), encoded)
         assert evaluated.shape == (227, 227, 3)
-        crops = _both(lambda e: preprocess.preprocess_for_ten_crop(e, config, stats), encoded)
+        crops = _both(lambda e: device_preprocess.preprocess_for_ten_crop(e, config, stats), encoded)
         assert crops.shape == (10, 227, 227, 3) and crops.dtype == np.float32
         # The centre patch of the ten is the centre-crop view.
         np.testing.assert_allclose(crops[4], evaluated, atol=1e-3)
@@ -354,9 +354,9 @@ def test_eval_view_known_answer_with_mean_image(tiny):
     offset = (76 - 67) // 2
     expected = (square - mean_image)[offset : offset + 67, offset : offset + 67]
     np.testing.assert_allclose(
-        _both(lambda e: preprocess.preprocess_for_eval(e, config, stats), encoded), expected, atol=1e-3
+        _both(lambda e: device_preprocess.preprocess_for_eval(e, config, stats), encoded), expected, atol=1e-3
     )
-    crops = preprocess.preprocess_for_ten_crop(encoded, config, stats).numpy()
+    crops = device_preprocess.preprocess_for_ten_crop(encoded, config, stats).numpy()
     np.testing.assert_allclose(crops, preprocess.ten_crop(square - mean_image, 67).numpy(), atol=1e-3)
 
 
@@ -370,7 +370,7 @@ def test_device_finish_known_answer_in_batches_and_floats_pass_through(tiny):
                 for i, image in enumerate(images)]
     batch = {key: tf.stack([f[key] for f in features]) for key in features[0]}
     assert batch[preprocess.IMAGE].dtype == tf.uint8
-    finish = preprocess.DeviceFinish(config, stats)
+    finish = device_preprocess.DeviceFinish(config, stats)
     finished = tf.function(finish)(batch).numpy()
     assert finished.shape == (9, 67, 67, 3) and finished.dtype == np.float32
     flips = batch[preprocess.FLIP].numpy()
@@ -382,7 +382,7 @@ def test_device_finish_known_answer_in_batches_and_floats_pass_through(tiny):
         np.testing.assert_allclose(finished[i], expected, atol=1e-3)
         np.testing.assert_allclose(finish(f).numpy(), expected, atol=1e-3)
     # Per-channel means: the same crops minus one RGB mean.
-    channel = preprocess.DeviceFinish(config.replace(mean_subtraction="channel"), stats)(batch).numpy()
+    channel = device_preprocess.DeviceFinish(config.replace(mean_subtraction="channel"), stats)(batch).numpy()
     pixels = batch[preprocess.IMAGE].numpy().astype(np.float32)
     pixels = np.where(flips[:, None, None, None], pixels[:, :, ::-1], pixels)
     np.testing.assert_allclose(channel, pixels - stats.mean_rgb + batch[preprocess.RGB].numpy()[:, None, None],
@@ -391,7 +391,7 @@ def test_device_finish_known_answer_in_batches_and_floats_pass_through(tiny):
     floats = tf.zeros([2, 67, 67, 3])
     assert finish(floats) is floats
     with pytest.raises(ValueError, match="stats="):
-        preprocess.DeviceFinish(config, None)(batch)
+        device_preprocess.DeviceFinish(config, None)(batch)
 
 
 def test_mean_image_of_another_size_is_resized(tiny):
@@ -418,7 +418,7 @@ def test_eval_view_in_tf_function_with_map_fn(tiny, stats):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve(batch):
         return tf.map_fn(
-            lambda e: preprocess.preprocess_for_eval(e, tiny, stats),
+            lambda e: device_preprocess.preprocess_for_eval(e, tiny, stats),
             batch,
             fn_output_signature=tf.TensorSpec([67, 67, 3], tf.float32),
         )
@@ -427,13 +427,13 @@ def test_eval_view_in_tf_function_with_map_fn(tiny, stats):
     assert out.shape == (3, 67, 67, 3)
     for i in range(3):
         np.testing.assert_allclose(
-            out[i], preprocess.preprocess_for_eval(encoded[i], tiny, stats).numpy(), atol=1e-4
+            out[i], device_preprocess.preprocess_for_eval(encoded[i], tiny, stats).numpy(), atol=1e-4
         )
 
 
 def test_bad_config_names_the_flag(stats):
     with pytest.raises(ValueError, match="input_size"):
-        preprocess.preprocess_for_eval(
+        device_preprocess.preprocess_for_eval(
             tf.io.encode_png(_random_uint8(8, 8)), get_config("tiny", input_size=80), stats
         )
     with pytest.raises(ValueError, match="mean_subtraction"):

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, IMAGENETTE, DrawnSet, RealSet, copy_shards, cycling, read_records  # noqa: E402
 
-from alexnet_tf import data, evaluation, preprocess, statistics, training  # noqa: E402
+from alexnet_tf import data, device_preprocess, evaluation, preprocess, sources, statistics, training  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -46,23 +46,6 @@ def _run_script(*args, timeout=300):
 # Metrics: one top-k definition
 
 
-def test_training_metrics_break_ties_as_the_evaluation_does():
-    """Uniform outputs (a collapsed network) are not 100% right: ties go to the lower class."""
-    uniform = tf.fill([6, 10], 0.1)
-    labels = tf.constant([0, 3, 3, 7, 9, 4], tf.int32)
-    top1, top5, count = (float(v) for v in evaluation.correct_counts(labels, uniform, 5))
-    report = evaluation.metrics(evaluation.top_k_classes(uniform, 5).numpy(), labels.numpy(), 10)
-    assert count == 6
-    assert top1 == 1.0  # only label 0: the tie's winner
-    assert top5 == 4.0  # labels 0, 3, 3, 4 are among classes 0-4
-    assert 1 - top1 / count == pytest.approx(report["top1_error"])
-    assert 1 - top5 / count == pytest.approx(report["top5_error"])
-    # A partial tie: classes 2 and 5 share the top; the lower index wins in both definitions.
-    tied = tf.constant([[0.0, 0.0, 0.4, 0.0, 0.0, 0.4, 0.2, 0.0, 0.0, 0.0]] * 2)
-    top1, _, _ = evaluation.correct_counts(tf.constant([2, 5]), tied, 5)
-    assert float(top1) == 1.0
-
-
 def test_validation_of_a_collapsed_network_counts_ties_as_misses():
     config = _tiny(dropout=0.0)
     trainer = training.Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
@@ -72,7 +55,7 @@ def test_validation_of_a_collapsed_network_counts_ties_as_misses():
     rng = np.random.default_rng(0)
     images = rng.normal(0, 50, (20, config.input_size, config.input_size, 3)).astype(np.float32)
     labels = np.arange(20, dtype=np.int32) % 10
-    inputs = data.array_inputs(config, images, labels, images, labels)
+    inputs = sources.array_inputs(config, images, labels, images, labels)
     result = trainer.validate(inputs)
     assert result["top1_error"] == pytest.approx(0.9)  # only class 0 is "predicted"
     assert result["top5_error"] == pytest.approx(0.5)
@@ -94,7 +77,7 @@ def test_shifted_labels_stop_with_the_right_label_offset(converted, stored, read
     config = _tiny(label_offset=read, data_dir=data_dir)
     message = f"need --label_offset={stored}, not --label_offset={read}"
     with pytest.raises(ValueError, match=message):
-        data.record_inputs(config, data_dir)
+        sources.record_inputs(config, data_dir)
     with pytest.raises(ValueError, match=message):
         evaluation.evaluate(lambda images: images, config, data_dir, progress=False)
     evaluation.data.check_labels(data_dir, "train", config.replace(label_offset=stored))  # the right one passes
@@ -395,7 +378,7 @@ def _evaluate(devices, out, data_dir):
     for batch_size in (int(devices), 2 * int(devices) + 1):
         config = base.replace(batch_size=batch_size)
         report = evaluation.evaluate(model, config, data_dir, strategy=strategy, progress=False)
-        inputs = data.record_inputs(config, data_dir)
+        inputs = sources.record_inputs(config, data_dir)
         trainer = training.Trainer(config.replace(batch_size=int(devices) * 2), strategy, inputs.stats)
         trainer.model.set_weights(one_model.get_weights())
         validation = trainer.validate(inputs)
@@ -463,7 +446,7 @@ def _finish(devices, out, sets):
         batches = strategy.distribute_datasets_from_function(
             lambda context, pattern=pattern, config=config, stats=stats: data.make_dataset(
                 pattern, True, config, input_context=context, stats=stats))
-        finish = preprocess.DeviceFinish(config, stats)
+        finish = device_preprocess.DeviceFinish(config, stats)
 
         @tf.function
         def step(batch, finish=finish):

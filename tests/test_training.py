@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, SHAPES  # noqa: E402
 
-from alexnet_tf import data, distribute, records, synthetic_data, training  # noqa: E402
+from alexnet_tf import data, distribute, records, sources, synthetic_data, training  # noqa: E402
 from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
@@ -55,7 +55,7 @@ def _arrays(config, seed=0, num_images=NUM_IMAGES):
 
 def _inputs(config, seed=0):
     images, labels = _arrays(config, seed)
-    return data.array_inputs(config, images, labels, images[:32], labels[:32])
+    return sources.array_inputs(config, images, labels, images[:32], labels[:32])
 
 
 def _weights(model):
@@ -71,7 +71,7 @@ def test_each_epoch_reads_the_records_in_a_new_order(converted):
     # 24 records, each of its own class, in 4 shards: one batch is a whole epoch.
     config = get_config("tiny", image_size=67, input_size=67, batch_size=24, deterministic=True, seed=5,
                         num_classes=24, mean_subtraction="channel")
-    inputs = data.record_inputs(config, str(converted(ASSORTED)))
+    inputs = sources.record_inputs(config, str(converted(ASSORTED)))
 
     def epoch_labels(epoch):
         return next(iter(inputs.train(tf.distribute.InputContext(), epoch)))[1].numpy().tolist()
@@ -148,7 +148,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     images, labels = _arrays(config)
     images[:] = np.nan
-    poisoned = data.array_inputs(config, images, labels)
+    poisoned = sources.array_inputs(config, images, labels)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is .*ckpt"):
         training.train(config.replace(epochs=2), str(tmp_path), inputs=poisoned, verbose=False)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good
@@ -302,7 +302,7 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monke
     from alexnet_tf import preprocess
 
     config = _tiny(batch_size=4, shuffle_buffer=80)
-    inputs = data.record_inputs(config, str(converted(SHAPES)))
+    inputs = sources.record_inputs(config, str(converted(SHAPES)))
     decoded = []
     original = preprocess.decode_train_crop
 
@@ -336,7 +336,7 @@ def _batch_inputs(config, num_batches, poisoned=()):
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         return dataset.batch(context.get_per_replica_batch_size(config.batch_size)).skip(skip_batches)
 
-    return data.Inputs(train, None, num_batches)
+    return sources.Inputs(train, None, num_batches)
 
 
 def test_nan_inside_a_loop_stops_naming_the_step_and_the_loop(tmp_path):
@@ -603,7 +603,7 @@ def _loops(out):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     config = _tiny(epochs=2, dropout=0.5, learning_rate=0.01, lr_schedule="step:1")
     images, labels = _arrays(config, num_images=96)
-    inputs = data.array_inputs(config, images, labels)
+    inputs = sources.array_inputs(config, images, labels)
     calls, weights = {}, {}
     for steps_per_loop in (1, 4):
         workdir = str(pathlib.Path(out).parent / f"loop{steps_per_loop}")

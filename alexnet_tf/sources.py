@@ -1,0 +1,137 @@
+"""The sources a run reads: ``Inputs``, from the converter's shards, arrays or random tensors.
+
+``Inputs`` is what the trainer reads: training pipelines whose file orders and draws are new at
+every epoch (seeded by (seed, epoch) in deterministic mode, afresh in every process otherwise),
+and a validation pipeline. ``record_inputs`` builds them with ``data.make_dataset`` from the
+converter's shards; ``array_inputs`` from arrays of finished views; ``synthetic_inputs`` from
+random tensors (timing only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from alexnet_tf import data, statistics
+from alexnet_tf.config import Config, ConfigError
+
+SYNTHETIC_STEPS_PER_EPOCH = 50
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Where a run's batches come from.
+
+    Attributes:
+      train: ``(input_context, epoch, skip_batches) -> dataset`` of per-replica (images, labels)
+        batches, less the first ``skip_batches`` of the epoch, which it passes over (cheaply: a
+        run resumed mid-epoch has trained on them). With ``--deterministic`` it is called afresh
+        for every epoch and must yield at least ``steps_per_epoch`` batches; otherwise once per
+        run, and the epochs read on from it (``Trainer.epoch_iterator``): it must not end.
+      validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
+      steps_per_epoch: training steps per epoch.
+      data_dir: the converted records these come from ("" for in-memory or synthetic data).
+      stats: the training set's statistics (for the export), when known.
+      description: what the batches are, for the run's first lines.
+    """
+
+    train: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
+    validation: Callable[[], tf.data.Dataset] | None
+    steps_per_epoch: int
+    data_dir: str = ""
+    stats: statistics.DatasetStatistics | None = None
+    description: str = ""
+
+
+def epoch_seed(config: Config, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s pipeline: each epoch reads the records in a new order."""
+    return int(np.random.SeedSequence([config.seed, epoch]).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+
+
+def record_inputs(config: Config, data_dir: str) -> Inputs:
+    """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
+    train_pattern = data.file_pattern(data_dir, "train")
+    validation_pattern = data.file_pattern(data_dir, "validation")
+    for split in ("train", "validation"):
+        data.check_labels(data_dir, split, config)
+    stats = statistics.load_statistics(data_dir)
+    steps = config.steps_per_epoch
+    num_train = None
+    if not steps:
+        num_train = data.count_records(data_dir, "train")
+        steps = num_train // config.batch_size
+        if steps == 0:
+            raise ConfigError(f"{data_dir} holds {num_train} training images, fewer than one batch "
+                             f"(--batch_size={config.batch_size})")
+        logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
+    num_train = num_train if num_train is not None else data.manifest_record_count(data_dir, "train")
+    num_validation = data.manifest_record_count(data_dir, "validation")
+    counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"))
+              if n is not None]
+    description = f"the records in {data_dir}" + (f" ({', '.join(counts)})" if counts else "")
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        epoch_config = config.replace(seed=epoch_seed(config, epoch))
+        skip = skip_batches * input_context.get_per_replica_batch_size(config.batch_size)
+        return data.make_dataset(train_pattern, True, epoch_config, input_context=input_context,
+                                 stats=stats, repeat=True, skip_records=skip)
+
+    def validation() -> tf.data.Dataset:
+        return data.make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
+
+    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description)
+
+
+def array_inputs(
+    config: Config, train_images: np.ndarray, train_labels: np.ndarray,
+    val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
+) -> Inputs:
+    """Inputs from arrays of preprocessed float images (tests, small experiments).
+
+    The images are the finished views (``device_preprocess.DeviceFinish`` passes them through unchanged).
+
+    Training batches are reshuffled each epoch (seeded by seed and epoch in deterministic mode)
+    and dealt out across input pipelines by ``input_context``.
+    """
+    num_pipelines = 1
+    steps = config.steps_per_epoch or len(train_images) // config.batch_size
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        nonlocal num_pipelines
+        num_pipelines = input_context.num_input_pipelines
+        dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
+        dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
+        # Outside deterministic mode a fresh seed: a restarted run must not replay the first epochs.
+        seed = epoch_seed(config, epoch) if config.deterministic else data.pipeline_seed(config, 0, "records")
+        dataset = dataset.shuffle(len(train_images), seed=seed).repeat()
+        dataset = dataset.batch(input_context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        return dataset.skip(skip_batches)  # arrays: nothing to decode
+
+    validation = None
+    if val_images is not None:
+        def validation() -> tf.data.Dataset:
+            dataset = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
+            return dataset.batch(config.batch_size)
+
+    description = f"arrays of {len(train_images)} training" + (
+        f" and {len(val_images)} validation images" if val_images is not None else " images")
+    return Inputs(train, validation, steps, description=description)
+
+
+def synthetic_inputs(config: Config) -> Inputs:
+    """Random tensors of the right shape, to time the model step without an input pipeline."""
+    size = config.input_size
+
+    def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        del skip_batches  # every batch is the same
+        batch = input_context.get_per_replica_batch_size(config.batch_size)
+        images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
+        labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
+        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+    return Inputs(train, None, config.steps_per_epoch or SYNTHETIC_STEPS_PER_EPOCH,
+                  description="random tensors (timing only: no validation, evaluation or export)")
