@@ -16,7 +16,7 @@ import tensorflow as tf
 from eval_helpers import ROOT
 from PIL import Image
 
-from alexnet_tf import device_preprocess, evaluation, litert, preprocess
+from alexnet_tf import device_preprocess, evaluation, litert, preprocess, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
 
@@ -257,12 +257,12 @@ def test_command_lines_export_and_evaluate_a_litert_file(shared_data, run, tmp_p
          f"--report_dir={litert_report}", synsets],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    expected = json.loads((keras_report / evaluation.REPORT_JSON).read_text())
-    got = json.loads((litert_report / evaluation.REPORT_JSON).read_text())
+    expected = json.loads((keras_report / reports.REPORT_JSON).read_text())
+    got = json.loads((litert_report / reports.REPORT_JSON).read_text())
     assert got["num_images"] == expected["num_images"] == len(run.val_images)
     for view in ("center_crop", "ten_crop"):
         assert abs(got[view]["top1_error"] - expected[view]["top1_error"]) <= 1 / got["num_images"] + 1e-9
-    assert "tench, Tinca tinca" in (litert_report / evaluation.REPORT_MD).read_text()
+    assert "tench, Tinca tinca" in (litert_report / reports.REPORT_MD).read_text()
     usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--litert={path}",
                             f"--export_litert={tmp_path / 'again.tflite'}"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
