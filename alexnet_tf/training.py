@@ -13,7 +13,8 @@ so it is not used. The optimiser and its schedule are ``optimizer.py``'s, the ba
 Running again with the same work directory resumes from the latest checkpoint. In deterministic
 mode each epoch reads a fresh pipeline seeded by (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one; a checkpoint taken mid-epoch skips the batches already used.
-Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``).
+Otherwise the epochs read on from one pipeline (``Trainer.epoch_iterator``) whose file orders and
+draws are new in every process, so a restart neither replays earlier epochs nor skips anything.
 """
 
 from __future__ import annotations
