@@ -1,4 +1,4 @@
-"""Every file the project reads or writes, local or in object storage, through ``tf.io.gfile``.
+"""Every file the project reads or writes, local or in object storage.
 
 A path is a local path or a URL whose scheme TensorFlow's file systems handle: ``gs://`` comes
 with TensorFlow, ``s3://``, ``hdfs://``, ``az://`` and others with the ``tensorflow-io`` package
@@ -20,10 +20,10 @@ import io
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from alexnet_tf.config import ConfigError
@@ -49,8 +49,23 @@ def is_local(path: str) -> bool:
     return scheme(path) in _LOCAL_SCHEMES
 
 
+def _plain(path: str) -> bool:
+    """Whether ``path`` has no scheme: a local path that Python's own file functions handle."""
+    return not _SCHEME.match(os.fspath(path))
+
+
+def _tensorflow() -> Any:
+    import tensorflow as tf  # only for URLs: a process that meets none never loads TensorFlow
+
+    return tf
+
+
+def _gfile() -> Any:
+    return _tensorflow().io.gfile
+
+
 def _registered() -> set[str]:
-    return {name.lower() for name in tf.io.gfile.get_registered_schemes()}
+    return {name.lower() for name in _gfile().get_registered_schemes()}
 
 
 def check_supported(path: str, flag: str = "") -> str:
@@ -84,7 +99,7 @@ def check_supported(path: str, flag: str = "") -> str:
     else:
         advice = "use a local path or one of those schemes (tensorflow-io adds s3://, hdfs://, az://)"
     raise UnsupportedPathError(
-        f"{where}: TensorFlow {tf.__version__} has no file system for {name}:// "
+        f"{where}: TensorFlow {_tensorflow().__version__} has no file system for {name}:// "
         f"(it has {', '.join(sorted(s + '://' for s in _registered() if s))}); {advice}"
     )
 
@@ -96,33 +111,38 @@ def absolute(path: str) -> str:
 
 def exists(path: str) -> bool:
     """Whether the file or directory ``path`` exists."""
-    return tf.io.gfile.exists(path)
+    return os.path.exists(path) if _plain(path) else _gfile().exists(path)
 
 
 def isdir(path: str) -> bool:
     """Whether ``path`` is a directory."""
-    return tf.io.gfile.isdir(path)
+    return os.path.isdir(path) if _plain(path) else _gfile().isdir(path)
 
 
 def isfile(path: str) -> bool:
     """Whether ``path`` is an existing file (not a directory)."""
-    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    if _plain(path):
+        return os.path.isfile(path)
+    return _gfile().exists(path) and not _gfile().isdir(path)
 
 
 def makedirs(path: str) -> str:
     """Creates ``path`` and its parents (nothing to do when they exist); returns ``path``."""
-    tf.io.gfile.makedirs(path)
+    if _plain(path):
+        os.makedirs(path, exist_ok=True)
+    else:
+        _gfile().makedirs(path)
     return path
 
 
 def size(path: str) -> int:
     """The size of the file ``path`` in bytes."""
-    return tf.io.gfile.stat(path).length
+    return os.path.getsize(path) if _plain(path) else _gfile().stat(path).length
 
 
 def read_bytes(path: str) -> bytes:
     """The contents of the file ``path``."""
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with (open(path, "rb") if _plain(path) else _gfile().GFile(path, "rb")) as f:
         return f.read()
 
 
@@ -143,23 +163,23 @@ def prepare_rewrite(path: str) -> str:
     of replacing it (local files and ``gs://`` objects are replaced), which would corrupt a
     rewritten ``summary.json``, ``model.keras`` or SavedModel.
     """
-    if scheme(path) == "ram" and tf.io.gfile.exists(path):
-        if tf.io.gfile.isdir(path):
+    if scheme(path) == "ram" and (gfile := _gfile()).exists(path):
+        if gfile.isdir(path):
             # File by file, level by level: ram://'s rmtree and walk trip over a SavedModel's
             # names (assets/ beside assets.extra/); its glob lists them right.
             pattern = path.rstrip("/")
-            while found := tf.io.gfile.glob(pattern := pattern + "/*"):
+            while found := gfile.glob(pattern := pattern + "/*"):
                 for name in found:
-                    if not tf.io.gfile.isdir(name):
-                        tf.io.gfile.remove(name)
+                    if not gfile.isdir(name):
+                        gfile.remove(name)
         else:
-            tf.io.gfile.remove(path)
+            gfile.remove(path)
     return path
 
 
 def write_bytes(path: str, data: bytes) -> str:
     """Writes ``data`` to ``path`` (a reader may see a partial file: see ``write_atomically``)."""
-    with tf.io.gfile.GFile(prepare_rewrite(path), "wb") as f:
+    with (open(path, "wb") if _plain(path) else _gfile().GFile(prepare_rewrite(path), "wb")) as f:
         f.write(data)
     return path
 
@@ -187,7 +207,10 @@ def write_atomically(path: str, data: bytes | str) -> str:
     """
     tmp = temporary_name(path)
     write_bytes(tmp, data.encode("utf-8") if isinstance(data, str) else data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    if _plain(path):
+        os.replace(tmp, path)
+    else:
+        _gfile().rename(tmp, path, overwrite=True)
     return path
 
 
@@ -213,5 +236,9 @@ def save_figure(figure: Any, path: str, **options: Any) -> str:
 def remove_tree(path: str) -> None:
     """Deletes the directory ``path`` and everything in it, if it exists."""
     # Nothing there (or deleted meanwhile) is the wanted end state.
-    with contextlib.suppress(tf.errors.NotFoundError):
-        tf.io.gfile.rmtree(path)
+    if _plain(path):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path)
+        return
+    with contextlib.suppress(_tensorflow().errors.NotFoundError):
+        _gfile().rmtree(path)

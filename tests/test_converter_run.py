@@ -175,12 +175,13 @@ def test_input_errors_are_found_before_any_work(shared_data, tmp_path):
     assert not out.exists() or not list(out.glob("*-of-*"))
 
 
-def _run_cli(*args: str, log_level: str | None = "3") -> subprocess.Popen:
+def _run_cli(*args: str, log_level: str | None = "3", python: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     if log_level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     return subprocess.Popen(
-        [sys.executable, str(CLI), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, *python, str(CLI), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -219,10 +220,11 @@ def test_cli_kill_9_then_rerun_gives_identical_output(shared_data, tmp_path):
 def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     train = h.odd_dataset(tmp_path)
     common = [f"--train_directory={train}", "--train_shards=2", "--num_workers=1"]
-    # No TF_CPP_MIN_LOG_LEVEL: the CLI silences TensorFlow's C++ start-up lines itself ...
+    # No TF_CPP_MIN_LOG_LEVEL: the CLI silences TensorFlow's C++ start-up lines itself (--verify
+    # reads the shards with TensorFlow) ...
     failing = _run_cli(*common, f"--output_directory={tmp_path / 'a'}", "--max_rejects=3", "--verify", log_level=None)
-    # ... unless the user chose a level: 0 shows them all.
-    bad = _run_cli("--train_directory=/nonexistent", f"--output_directory={tmp_path / 'b'}", log_level="0")
+    # ... unless the user chose a level: 0 shows them all (a ram:// output loads TensorFlow at once).
+    bad = _run_cli("--train_directory=/nonexistent", "--output_directory=ram://cli/b", log_level="0")
     assert failing.wait(timeout=120) == 1
     quiet = failing.stderr.read().decode()
     assert "4 files rejected" in quiet
@@ -240,19 +242,41 @@ def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     assert f"Shards and {outputs} are in {tmp_path / 'a'}" in quiet
 
 
-def test_cli_workers_do_not_start_tensorflow(tmp_path):
-    """With every C++ log line shown, only the command line's own process prints TensorFlow's.
+def test_a_local_conversion_never_imports_tensorflow(tmp_path):
+    """No process of a local conversion's tree loads TensorFlow: not the command line, not a worker.
 
-    Each process that loads TensorFlow prints its start-up lines with its process id; the spawned
-    workers write local shards without it, even though the command line's script imports it.
+    ``python -X importtime`` makes every process log each module it imports, and the spawned
+    workers inherit the flag, so the log covers the whole tree: the converter's modules appear
+    once per process, ``tensorflow`` in none. With every C++ log line shown, none is printed.
     """
     train = h.odd_dataset(tmp_path)
     out = tmp_path / "out"
     process = _run_cli(f"--train_directory={train}", f"--output_directory={out}", "--train_shards=2",
-                       "--num_workers=2", "--max_rejects=10", log_level="0")
-    assert process.wait(timeout=120) == 0
-    stderr = process.stderr.read().decode()
-    pids = {int(pid) for pid in re.findall(r"^I\d{4} [\d:.]+ +(\d+) \S+\.cc:\d+\]", stderr, re.MULTILINE)}
-    assert pids == {process.pid}, stderr[-2000:]
+                       "--num_workers=2", "--max_rejects=10", log_level="0", python=("-X", "importtime"))
+    stderr = process.communicate(timeout=120)[1].decode()  # read as it comes: the log outgrows a pipe
+    assert process.returncode == 0, stderr[-2000:]
+    imported = re.findall(r"^import time: +\d+ \| +\d+ \| +(\S+)$", stderr, re.MULTILINE)
+    assert imported.count("alexnet_tf.converter.shards") == 3, stderr[-2000:]  # the command line and 2 workers
+    assert not [name for name in imported if name.split(".")[0] == "tensorflow"]
+    assert not re.findall(r"^[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\]", stderr, re.MULTILINE), stderr[-2000:]
     summary = json.loads((out / converter.SUMMARY_FILE).read_text())
     assert summary["converted_shards"] == 2 and summary["written"] == 14
+
+
+def test_converter_convert_in_process_never_imports_tensorflow(tmp_path):
+    """``converter.convert`` into a local folder, then the manifest merged again: still no TensorFlow."""
+    train = h.odd_dataset(tmp_path)
+    out = tmp_path / "out"
+    script = f"""
+import json, sys
+from alexnet_tf import converter
+summary = converter.convert(train_directory={str(train)!r}, output_directory={str(out)!r}, train_shards=2,
+                            num_workers=1, max_rejects=10)
+converter.merge_manifests({str(out)!r})
+loaded = sorted(name for name in sys.modules if name.startswith("tensorflow"))
+print(json.dumps({{"written": summary["written"], "loaded": loaded}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"written": 14, "loaded": []}

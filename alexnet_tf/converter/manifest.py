@@ -14,7 +14,6 @@ import fnmatch
 import os
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 
 from alexnet_tf import paths, records, statistics
@@ -68,7 +67,7 @@ def warn_about_stale_shards(output_directory: str, plan: dict[str, Any]) -> None
         for i in range(info["num_shards"])
     }
     # Names, not a glob: the output directory's own name may hold glob characters.
-    names = sorted(tf.io.gfile.listdir(output_directory)) if paths.isdir(output_directory) else []
+    names = sorted(files.listdir(output_directory)) if paths.isdir(output_directory) else []
     for split in plan["splits"]:
         stale = [
             os.path.join(output_directory, name)
