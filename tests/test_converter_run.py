@@ -264,19 +264,24 @@ def test_a_local_conversion_never_imports_tensorflow(tmp_path):
 
 
 def test_converter_convert_in_process_never_imports_tensorflow(tmp_path):
-    """``converter.convert`` into a local folder, then the manifest merged again: still no TensorFlow."""
+    """``converter.convert`` into a local folder, then the manifest merged again: no TensorFlow.
+
+    With one worker nothing else is started either: no worker, and no resource tracker (a
+    Python process multiprocessing starts for shared memory), so no child process is left.
+    """
     train = h.odd_dataset(tmp_path)
     out = tmp_path / "out"
     script = f"""
-import json, sys
+import glob, json, os, sys
 from alexnet_tf import converter
 summary = converter.convert(train_directory={str(train)!r}, output_directory={str(out)!r}, train_shards=2,
                             num_workers=1, max_rejects=10)
 converter.merge_manifests({str(out)!r})
 loaded = sorted(name for name in sys.modules if name.startswith("tensorflow"))
-print(json.dumps({{"written": summary["written"], "loaded": loaded}}))
+children = [pid for task in glob.glob(f"/proc/{{os.getpid()}}/task/*/children") for pid in open(task).read().split()]
+print(json.dumps({{"written": summary["written"], "loaded": loaded, "children": children}}))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found == {"written": 14, "loaded": []}
+    assert found == {"written": 14, "loaded": [], "children": []}

@@ -60,23 +60,44 @@ class Tally:
 
 
 class ProgressCounts:
-    """The parent's side: one int64 slot per job, in shared memory, summed for the bar."""
+    """The parent's side: one int64 slot per job, summed for the bar.
 
-    def __init__(self, num_jobs: int):
-        self._memory = shared_memory.SharedMemory(create=True, size=8 * max(num_jobs, 1))
-        self._counts = np.ndarray((max(num_jobs, 1),), np.int64, buffer=self._memory.buf)
+    The slots are in shared memory for jobs run by worker processes (``shared``), else in this
+    process's own: creating shared memory starts multiprocessing's resource tracker, one more
+    Python process, which a conversion without workers does not need.
+    """
+
+    def __init__(self, num_jobs: int, shared: bool = True):
+        size = max(num_jobs, 1)
+        self._memory = shared_memory.SharedMemory(create=True, size=8 * size) if shared else None
+        self._counts = np.zeros(size, np.int64) if self._memory is None else np.ndarray(
+            (size,), np.int64, buffer=self._memory.buf
+        )
         self._counts[:] = 0
 
     def slot(self, index: int) -> ProgressSlot:
+        """Slot ``index`` for a job in a worker process (shared counts only)."""
+        if self._memory is None:
+            raise ValueError("these counts are not shared: count in-process jobs with adder()")
         return ProgressSlot(self._memory.name, index)
+
+    def adder(self, index: int) -> Callable[[int], None]:
+        """``count(n)`` of a job run in this process, counting into slot ``index``."""
+        counts = self._counts
+
+        def add(n: int = 1) -> None:
+            counts[index] += n
+
+        return add
 
     def done(self) -> int:
         return int(self._counts.sum())
 
     def close(self) -> None:
         del self._counts
-        self._memory.close()
-        self._memory.unlink()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory.unlink()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +203,8 @@ def run_jobs(
     Yields:
       Each job's result, in the order they finish.
     """
-    counts = ProgressCounts(len(jobs))
-    tasks = [_Task(function, job, counts.slot(i)) for i, job in enumerate(jobs)]
     in_process = num_workers <= 1 or len(jobs) <= 1
+    counts = ProgressCounts(len(jobs), shared=not in_process)
     pool_context: Any = contextlib.nullcontext(None) if in_process else worker_pool(min(num_workers, len(jobs)))
     timing = {} if timing is None else timing
     stop = threading.Event()
@@ -195,7 +215,11 @@ def run_jobs(
             thread = threading.Thread(target=_refresh, args=(bar, counts, stop), daemon=True)
             thread.start()
             timing["start"] = time.time()
-            yield from map(_run_task, tasks) if pool is None else pool.imap_unordered(_run_task, tasks)
+            if pool is None:
+                yield from (function(job, counts.adder(i)) for i, job in enumerate(jobs))
+            else:
+                tasks = [_Task(function, job, counts.slot(i)) for i, job in enumerate(jobs)]
+                yield from pool.imap_unordered(_run_task, tasks)
             timing["end"] = time.time()
             stop.set()
             thread.join()
