@@ -74,7 +74,12 @@ _INT64_RANGE = range(-(2**63), 2**63)
 _CRC_MASK_DELTA = 0xA282EAD8  # TFRecord's masked CRC-32C, tensorflow/core/lib/hash/crc32c.h
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))  # field tags, short lengths
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -113,8 +118,8 @@ def encode_example(feature: dict[str, list[bytes]]) -> bytes:
     ``example_pb2`` imports all of TensorFlow, which the converter's workers do without.
     """
     entries: list[bytes] = []
-    for key in sorted(feature, key=_map_order):
-        entry = _delimited(_ENTRY_KEY, [key.encode("utf-8")]) + _delimited(_ENTRY_VALUE, feature[key])
+    for key in _key_order(tuple(feature)):
+        entry = [_entry_key(key), *_delimited(_ENTRY_VALUE, feature[key])]
         entries.extend(_delimited(_FEATURES_MAP, entry))
     return b"".join(_delimited(_EXAMPLE_FEATURES, entries))
 
@@ -123,6 +128,18 @@ def _map_order(key: str) -> list[int]:
     # protobuf's deterministic order of string keys: bytewise, a key after the longer keys it
     # begins (upb's rule; no key of the schema begins another, where every implementation agrees).
     return [*key.encode("utf-8"), 256]
+
+
+@functools.lru_cache(maxsize=64)
+def _key_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``keys`` in the map's order; every record of a data set has the same keys, sorted once."""
+    return tuple(sorted(keys, key=_map_order))
+
+
+@functools.lru_cache(maxsize=256)
+def _entry_key(key: str) -> bytes:
+    """A map entry's key field, encoded once per key name."""
+    return b"".join(_delimited(_ENTRY_KEY, [key.encode("utf-8")]))
 
 
 def _masked_crc32c(data: bytes) -> bytes:
@@ -134,10 +151,10 @@ def frame_record(data: bytes) -> list[bytes]:
     """One record of a TFRecord file: length, its masked CRC-32C, ``data``, its masked CRC-32C.
 
     The chunks, written in order, are what ``tf.io.TFRecordWriter`` writes for ``data`` (without
-    compression); ``data`` itself is not copied.
+    compression): the header (length and its CRC), ``data`` itself (not copied), the footer.
     """
     length = struct.pack("<Q", len(data))
-    return [length, _masked_crc32c(length), data, _masked_crc32c(data)]
+    return [length + _masked_crc32c(length), data, _masked_crc32c(data)]
 
 
 def serialize_example(
