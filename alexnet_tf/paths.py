@@ -129,7 +129,8 @@ def isfile(path: str) -> bool:
 def makedirs(path: str) -> str:
     """Creates ``path`` and its parents (nothing to do when they exist); returns ``path``."""
     if _plain(path):
-        os.makedirs(path, exist_ok=True)
+        if path:  # "" (the dirname of a bare file name) is the current directory, as for tf.io.gfile
+            os.makedirs(path, exist_ok=True)
     else:
         _gfile().makedirs(path)
     return path

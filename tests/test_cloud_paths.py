@@ -124,6 +124,44 @@ def test_atomic_writes_replace_the_file_and_leave_no_temporary(tmp_path):
         assert tf.io.gfile.listdir(directory) == ["manifest.json"]
 
 
+def test_local_paths_answer_as_tf_io_gfile_does(tmp_path, monkeypatch):
+    """Plain local paths go through Python's own file functions: the same answers as ``tf.io.gfile``."""
+    monkeypatch.chdir(tmp_path)
+    nested = os.path.join(str(tmp_path), "a", "b")
+    assert paths.makedirs(nested) == nested and paths.makedirs(nested) == nested  # twice: nothing to do
+    paths.makedirs("")  # the directory of a bare file name: the current one
+    file = paths.write_bytes(os.path.join(nested, "x.bin"), b"12345")
+    for path in (str(tmp_path), nested, file, os.path.join(nested, "missing"), "", "x.bin"):
+        found = (paths.exists(path), paths.isdir(path), paths.isfile(path))
+        assert found == (tf.io.gfile.exists(path), tf.io.gfile.isdir(path), tf.io.gfile.exists(path)
+                         and not tf.io.gfile.isdir(path)), path
+    assert paths.size(file) == tf.io.gfile.stat(file).length == 5 and paths.read_bytes(file) == b"12345"
+    array = np.arange(6, dtype=np.int16)
+    np.testing.assert_array_equal(paths.load_npy(paths.save_npy(os.path.join(nested, "a.npy"), array)), array)
+    paths.remove_tree(os.path.join(str(tmp_path), "a"))
+    paths.remove_tree(os.path.join(str(tmp_path), "a"))  # gone already: nothing to do
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(FileNotFoundError):
+        paths.read_bytes(file)
+
+
+def test_local_paths_need_no_tensorflow(tmp_path):
+    """A process that reads and writes only local paths never imports TensorFlow; a URL imports it."""
+    script = f"""
+import json, os, sys
+from alexnet_tf import paths
+directory = paths.makedirs(os.path.join({str(tmp_path)!r}, "d"))
+paths.write_atomically(os.path.join(directory, "f.json"), json.dumps([1]))
+found = [paths.check_supported(directory), paths.read_json(os.path.join(directory, "f.json")),
+         paths.isfile(os.path.join(directory, "f.json")), "tensorflow" in sys.modules]
+paths.exists("ram://nothing/here")
+print(json.dumps(found + ["tensorflow" in sys.modules]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(tmp_path / "d"), [1], True, False, True]
+
+
 def test_arrays_and_statistics_round_trip_through_ram():
     directory = paths.makedirs(_ram("stats"))
     array = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
