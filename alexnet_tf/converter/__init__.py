@@ -92,7 +92,7 @@ _PUBLIC = {
 
 def __getattr__(name: str) -> Any:
     # The names load on first use, not with the package: a worker process imports the package
-    # to run shards.convert_shard, and the modules of the parent's side import TensorFlow.
+    # to run shards.convert_shard, and verify.py (the parent's, with --verify) imports TensorFlow.
     if name not in _PUBLIC:
         raise AttributeError(f"module 'alexnet_tf.converter' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])

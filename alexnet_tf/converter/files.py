@@ -21,7 +21,7 @@ from typing import IO, Any
 PARTS_DIRECTORY = ".parts"  # one record per shard, plus the plan
 PLAN_FILE = "plan.json"
 FORMAT_VERSION = 1
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as alexnet_tf.paths.scheme, without TensorFlow
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as alexnet_tf.paths.scheme
 
 
 def is_plain_local(path: str) -> bool:

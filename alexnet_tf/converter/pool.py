@@ -144,9 +144,9 @@ def _without_main_script() -> Iterator[None]:
     """Workers started meanwhile do not re-run the parent's ``__main__`` script.
 
     A spawned process imports the parent's main script first, so that functions defined there
-    can be unpickled; a command line's script imports TensorFlow, seconds of start-up and
-    hundreds of megabytes per worker. The jobs run module-level functions of this package, so
-    the workers need no script.
+    can be unpickled; a command line's script may import TensorFlow (train.py's does), seconds
+    of start-up and hundreds of megabytes per worker. The jobs run module-level functions of this
+    package, so the workers need no script.
     """
     main = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
