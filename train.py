@@ -100,6 +100,11 @@ def main(argv: list[str]) -> int:
     for path, flag in ((workdir, "--workdir"), (config.data_dir, "--data_dir")):
         if path:
             paths.check_supported(path, flag)
+    if dataset in ("records", "synthetic") and overrides.get("holdout_per_class"):
+        raise config_lib.ConfigError(
+            f"--holdout_per_class={config.holdout_per_class}: train.py holds images out when it converts them "
+            "(--dataset=shapes, imagenette or --image_dir); records converted beforehand carry their own "
+            "selection split: convert with data_prep/build_tfrecords.py --holdout_per_class")
     if dataset == "records" and not config.data_dir:
         raise config_lib.ConfigError("--dataset=records needs --data_dir, the converter's output")
     if dataset == "records" and not paths.isdir(config.data_dir):
@@ -115,13 +120,17 @@ def main(argv: list[str]) -> int:
                                                  image_dir=FLAGS.image_dir)
     logging.info("Data set %s: %s; preset %s; results in %s", dataset, what, preset, paths.absolute(workdir))
     try:
+        holdout = config.holdout_per_class
         if dataset == "shapes":
-            config = config.replace(data_dir=synthetic_data.prepare_shapes(data_root, seed=config.seed))
+            data_dir = synthetic_data.prepare_shapes(data_root, seed=config.seed, holdout_per_class=holdout)
+            config = config.replace(data_dir=data_dir)
         elif dataset == "imagenette":
-            data_dir = imagenette.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir)
+            data_dir = imagenette.prepare_imagenette(data_root, config.image_size, FLAGS.imagenette_dir,
+                                                     holdout_per_class=holdout)
             config = config.replace(data_dir=data_dir)
         elif dataset == "folders":
-            config = config.replace(data_dir=folders.prepare_folders(FLAGS.image_dir, data_root, config.image_size))
+            config = config.replace(data_dir=folders.prepare_folders(FLAGS.image_dir, data_root, config.image_size,
+                                                                     holdout_per_class=holdout))
             folders.write_run_classes(config.data_dir, workdir)
     except ConversionError as e:
         return cli.usage_error(str(e))

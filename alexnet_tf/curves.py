@@ -24,11 +24,13 @@ from tensorflow.core.util import event_pb2
 from alexnet_tf import paths
 from alexnet_tf.workdir import CONFIG_FILE, CURVES_FILE, LOG_DIR
 
-SPLITS = ("train", "validation")
+# The per-epoch check logs the selection split (holdout) when the records have one, else validation.
+SPLITS = ("train", "validation", "holdout")
 FIGURE_INCHES = (12.0, 4.5)
 DPI = 100
 PIXELS = (int(FIGURE_INCHES[0] * DPI), int(FIGURE_INCHES[1] * DPI))  # width, height of the PNG
-COLOURS = {"train": "tab:blue", "validation": "tab:orange"}
+COLOURS = {"train": "tab:blue", "validation": "tab:orange", "holdout": "tab:green"}
+NAMES = {"train": "training", "validation": "validation", "holdout": "held-out selection"}
 DROP_COLOUR = "0.4"
 
 
@@ -77,8 +79,13 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
     return scalars
 
 
+def _checked_split(logged: dict[str, dict[str, dict[int, float]]]) -> str:
+    """The split the per-epoch check logged: the selection split when there was one."""
+    return "holdout" if logged.get("holdout", {}).get("loss") else "validation"
+
+
 def _steps_per_epoch(workdir: str, validation_steps: list[int]) -> int:
-    # Validation is logged at the last global step of each epoch: multiples of one epoch.
+    # The per-epoch check is logged at the last global step of each epoch: multiples of one epoch.
     if validation_steps:
         return math.gcd(*validation_steps)
     config_path = os.path.join(workdir, CONFIG_FILE)
@@ -111,7 +118,7 @@ def epoch_metrics(
     if not logged["train"].get("loss"):
         raise FileNotFoundError(f"{os.path.join(workdir, LOG_DIR, 'train')} holds no logged training loss: "
                                 "is this a training work directory?")
-    validation_steps = sorted(logged["validation"].get("loss", {}))
+    validation_steps = sorted(logged[_checked_split(logged)].get("loss", {}))
     steps = steps_per_epoch or _steps_per_epoch(workdir, validation_steps)
     metrics: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {split: {} for split in SPLITS}
     for tag in ("loss", "top1_error", "top5_error"):
@@ -127,9 +134,10 @@ def epoch_metrics(
         complete = sorted(means)
         metrics["train"][tag] = (np.array(complete, np.float64),
                                  np.array([means[e] for e in complete], np.float64))
-        points = sorted(logged["validation"].get(tag, {}).items())
-        metrics["validation"][tag] = (np.array([s / steps for s, _ in points], np.float64),
-                                      np.array([v for _, v in points], np.float64))
+        for split in ("validation", "holdout"):
+            points = sorted(logged[split].get(tag, {}).items())
+            metrics[split][tag] = (np.array([s / steps for s, _ in points], np.float64),
+                                   np.array([v for _, v in points], np.float64))
     drops = []
     rates = sorted(logged["train"].get("lr", {}).items())
     for (_, before), (step, after) in zip(rates, rates[1:]):
@@ -158,7 +166,7 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
     steps, metrics, drops = epoch_metrics(workdir, steps_per_epoch)
     path = path or os.path.join(workdir, CURVES_FILE)
     figure, (loss_axes, error_axes) = plt.subplots(1, 2, figsize=FIGURE_INCHES, dpi=DPI)
-    names = {"train": "training", "validation": "validation"}
+    names = NAMES
     lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def plot(axes, split, tag, label, scale=1.0, **style):
@@ -189,8 +197,9 @@ def draw_curves(workdir: str, steps_per_epoch: int | None = None, path: str | No
     error_axes.set_ylabel("error (%)")
     error_axes.set_ylim(0, 100)
     error_axes.set_title("Top-1 and top-5 error")
-    final = metrics["validation"]["top1_error"][1]
-    summary = f", last validation top-1 error {100 * final[-1]:.1f} %" if len(final) else ""
+    checked = "holdout" if len(metrics["holdout"]["top1_error"][1]) else "validation"
+    final = metrics[checked]["top1_error"][1]
+    summary = f", last {names[checked]} top-1 error {100 * final[-1]:.1f} %" if len(final) else ""
     figure.suptitle(f"{os.path.basename(paths.absolute(workdir).rstrip('/'))}: {steps} steps per epoch{summary}",
                     fontsize=10)
     figure.tight_layout()

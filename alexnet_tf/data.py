@@ -20,7 +20,8 @@ from alexnet_tf.config import Config, ConfigError
 from alexnet_tf.records import SYNSETS_FILE
 from alexnet_tf.statistics import DatasetStatistics
 
-SPLIT_PREFIXES = {"train": records.TRAIN_PREFIX, "validation": records.VALIDATION_PREFIX}
+SPLIT_PREFIXES = {"train": records.TRAIN_PREFIX, "validation": records.VALIDATION_PREFIX,
+                  "holdout": records.HOLDOUT_PREFIX}
 CYCLE_LENGTH = 16  # shards read at once in training
 READ_BUFFER_BYTES = 8 << 20  # per open shard
 ACCOUNT_GROUP = 64  # records whose bytes are counted at once when reading a shard
@@ -49,6 +50,11 @@ def file_pattern(data_dir: str, split: str) -> str:
             "or build the shards with the converter (data_prep/build_tfrecords.py)"
         )
     return pattern
+
+
+def has_split(data_dir: str, split: str) -> bool:
+    """Whether ``data_dir`` holds shards of ``split`` (e.g. the optional ``holdout`` split)."""
+    return bool(tf.io.gfile.glob(os.path.join(data_dir, records.shard_glob(SPLIT_PREFIXES[split]))))
 
 
 def check_labels(data_dir: str, split: str, config: Config) -> None:

@@ -97,7 +97,8 @@ def check_num_classes(image_dir: str, num_classes: int | None) -> int:
     return len(names)
 
 
-def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int | None = None) -> str:
+def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int | None = None,
+                    holdout_per_class: int = 0) -> str:
     """``image_dir``'s folders as records, shorter sides at ``image_size``, converted once.
 
     Args:
@@ -105,6 +106,7 @@ def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int
       root: receives ``records_<image_size>/`` (usually ``<workdir>/data``).
       image_size: the run's ``image_size``.
       num_workers: converter processes.
+      holdout_per_class: training images per class held out as the selection split.
 
     Returns:
       The records directory, with ``classes.txt`` (and the converter's ``synsets.txt``) in it.
@@ -114,7 +116,7 @@ def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int
       ConversionError: the converter's, naming the file.
     """
     names = class_names(image_dir)
-    records_dir = os.path.join(root, f"records_{image_size}")
+    records_dir = os.path.join(root, records.records_directory_name(f"records_{image_size}", holdout_per_class))
     if converter.is_converted(records_dir):
         saved = paths.read_text(os.path.join(records_dir, CLASSES_FILE)).split("\n")[:-1]
         if saved != names:
@@ -141,6 +143,7 @@ def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int
         validation_shards=min(VALIDATION_SHARDS, _count_files(os.path.join(image_dir, "val"))),
         resize=image_size,
         num_workers=num_workers,
+        holdout_per_class=holdout_per_class,
     )
     return records_dir
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from absl import logging
 
-from alexnet_tf import converter, paths
+from alexnet_tf import converter, paths, records
 
 IMAGENETTE_URLS = {
     160: "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
@@ -176,7 +176,8 @@ def convert_imagenette(
 
 
 def prepare_imagenette(
-    root: str, image_size: int, source_dir: str | None = None, num_workers: int | None = None
+    root: str, image_size: int, source_dir: str | None = None, num_workers: int | None = None,
+    holdout_per_class: int = 0,
 ) -> str:
     """Imagenette as records, its shorter sides already at ``image_size``, converted once.
 
@@ -186,11 +187,12 @@ def prepare_imagenette(
         decodes only the crop it needs.
       source_dir: JPEG folders ``train/<wnid>/`` and ``val/<wnid>/``; None downloads Imagenette.
       num_workers: converter processes.
+      holdout_per_class: training images per class held out as the selection split.
 
     Returns:
       The records directory (``--data_dir`` for a later run).
     """
-    records_dir = os.path.join(root, f"records_{image_size}")
+    records_dir = os.path.join(root, records.records_directory_name(f"records_{image_size}", holdout_per_class))
     if converter.is_converted(records_dir):
         logging.info("Using Imagenette already converted in %s", records_dir)
         return records_dir
@@ -200,5 +202,6 @@ def prepare_imagenette(
         source_directory=source_dir,
         resize=image_size,
         num_workers=num_workers,
+        holdout_per_class=holdout_per_class,
     )
     return records_dir

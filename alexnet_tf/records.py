@@ -41,6 +41,8 @@ BBOX_KEYS = (
 
 TRAIN_PREFIX = "train"
 VALIDATION_PREFIX = "validation"
+# The selection split: training images held out (converter --holdout_per_class) to choose settings on.
+HOLDOUT_PREFIX = "holdout"
 
 # The files the converter writes beside the shards.
 MANIFEST_FILE = "manifest.json"  # every shard: name, record count, bytes, sha256
@@ -55,6 +57,14 @@ MEAN_IMAGE_FILE = "mean_image.npy"  # the training set's mean image
 def shard_name(prefix: str, index: int, num_shards: int) -> str:
     """The file name of shard ``index`` of ``num_shards``, e.g. ``train-00003-of-01024``."""
     return f"{prefix}-{index:05d}-of-{num_shards:05d}"
+
+
+def records_directory_name(name: str, holdout_per_class: int = 0) -> str:
+    """The folder ``train.py`` converts a data set into: ``name``, or ``name_holdout<N>`` with a selection split.
+
+    A conversion with another selection split holds other training shards: it goes elsewhere.
+    """
+    return f"{name}_holdout{holdout_per_class}" if holdout_per_class else name
 
 
 def shard_glob(prefix: str) -> str:

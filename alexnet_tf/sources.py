@@ -2,7 +2,8 @@
 
 ``Inputs`` is what the trainer reads: training pipelines whose file orders and draws are new at
 every epoch (seeded by (seed, epoch) in deterministic mode, afresh in every process otherwise),
-and a validation pipeline. ``record_inputs`` builds them with ``data.make_dataset`` from the
+a validation pipeline, and a pipeline of the selection split when the records have one.
+``record_inputs`` builds them with ``data.make_dataset`` from the
 converter's shards; ``array_inputs`` from arrays of finished views; ``synthetic_inputs`` from
 random tensors (timing only).
 """
@@ -10,6 +11,7 @@ random tensors (timing only).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +35,9 @@ class Inputs:
         for every epoch and must yield at least ``steps_per_epoch`` batches; otherwise once per
         run, and the epochs read on from it (``Trainer.epoch_iterator``): it must not end.
       validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
+      holdout: the same for the selection split (training images held out by the converter's
+        ``--holdout_per_class``), or None. When there is one, the per-epoch check and the plateau
+        schedule watch it, and the validation set is scored once, at the end.
       steps_per_epoch: training steps per epoch.
       data_dir: the converted records these come from ("" for in-memory or synthetic data).
       stats: the training set's statistics (for the export), when known.
@@ -45,6 +50,12 @@ class Inputs:
     data_dir: str = ""
     stats: statistics.DatasetStatistics | None = None
     description: str = ""
+    holdout: Callable[[], tf.data.Dataset] | None = None
+
+    @property
+    def watched(self) -> tuple[str, Callable[[], tf.data.Dataset] | None]:
+        """The split the per-epoch check and the schedule watch: the selection split, else validation."""
+        return ("holdout", self.holdout) if self.holdout is not None else ("validation", self.validation)
 
 
 def epoch_seed(config: Config, epoch: int) -> int:
@@ -56,7 +67,8 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
     """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
     train_pattern = data.file_pattern(data_dir, "train")
     validation_pattern = data.file_pattern(data_dir, "validation")
-    for split in ("train", "validation"):
+    holdout_pattern = data.file_pattern(data_dir, "holdout") if data.has_split(data_dir, "holdout") else None
+    for split in ("train", "validation") + (("holdout",) if holdout_pattern else ()):
         data.check_labels(data_dir, split, config)
     stats = statistics.load_statistics(data_dir)
     steps = config.steps_per_epoch
@@ -70,7 +82,9 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
         logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
     num_train = num_train if num_train is not None else data.manifest_record_count(data_dir, "train")
     num_validation = data.manifest_record_count(data_dir, "validation")
-    counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"))
+    num_holdout = data.manifest_record_count(data_dir, "holdout") if holdout_pattern else None
+    counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"),
+                                                     (num_holdout, "held-out selection"))
               if n is not None]
     description = f"the records in {data_dir}" + (f" ({', '.join(counts)})" if counts else "")
 
@@ -80,10 +94,12 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
         return data.make_dataset(train_pattern, True, epoch_config, input_context=input_context,
                                  stats=stats, repeat=True, skip_records=skip)
 
-    def validation() -> tf.data.Dataset:
-        return data.make_dataset(validation_pattern, False, config, stats=stats, repeat=False)
+    def validation(pattern: str = validation_pattern) -> tf.data.Dataset:
+        return data.make_dataset(pattern, False, config, stats=stats, repeat=False)
 
-    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description)
+    holdout = functools.partial(validation, holdout_pattern) if holdout_pattern else None
+    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description,
+                  holdout=holdout)
 
 
 def array_inputs(

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from alexnet_tf import converter
 from alexnet_tf import paths as paths_lib
-from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE
+from alexnet_tf.records import METADATA_FILE, SYNSETS_FILE, records_directory_name
 
 # Wider than tall, so the pipeline's central square crop has something to do.
 IMAGE_HEIGHT = 96
@@ -187,7 +187,8 @@ def write_dataset(
 
 
 def prepare_shapes(
-    root: str, seed: int = 0, num_workers: int | None = None, train_per_class: int = 300, val_per_class: int = 50
+    root: str, seed: int = 0, num_workers: int | None = None, train_per_class: int = 300, val_per_class: int = 50,
+    holdout_per_class: int = 0,
 ) -> str:
     """The built-in data set: draws it and converts it, once.
 
@@ -196,12 +197,13 @@ def prepare_shapes(
         folders); may be in object storage (``gs://...``).
       seed: of the drawing.
       num_workers: converter processes.
-      train_per_class, val_per_class: images per class.
+      train_per_class, val_per_class: images per class (the held-out ones come out of the training images).
+      holdout_per_class: training images per class held out as the selection split.
 
     Returns:
       The records directory (``--data_dir`` for a later run).
     """
-    records_dir = os.path.join(root, "records")
+    records_dir = os.path.join(root, records_directory_name("records", holdout_per_class))
     if converter.is_converted(records_dir):
         logging.info("Using the built-in data set already converted in %s", records_dir)
         return records_dir
@@ -215,6 +217,7 @@ def prepare_shapes(
             train_shards=TRAIN_SHARDS,
             validation_shards=VALIDATION_SHARDS,
             num_workers=num_workers,
+            holdout_per_class=holdout_per_class,
             **paths,
         )
     return records_dir

@@ -265,11 +265,12 @@ class Trainer:
         loss = loop.loss_sum / loop.images if loop.images else 0.0
         return (loss if non_finite is None else math.nan), loop.top1, loop.top5, loop.images
 
-    def validate(self, inputs: Inputs) -> dict[str, float] | None:
-        """Centre-crop loss and top-1/top-5 error over the validation inputs, or None without any."""
-        if inputs.validation is None:
+    def validate(self, inputs: Inputs, split: str = "validation") -> dict[str, float] | None:
+        """Centre-crop loss and top-1/top-5 error over ``inputs``' validation (or holdout) split, or None."""
+        make = inputs.holdout if split == "holdout" else inputs.validation
+        if make is None:
             return None
-        dataset = inputs.validation()
+        dataset = make()
         options = tf.data.Options()
         # Every worker reads all records and keeps its share: no worker can run out of files.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

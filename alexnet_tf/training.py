@@ -44,6 +44,7 @@ from alexnet_tf.trainer import NonFiniteLossError, Trainer
 # The stall warning: a training loss this close (relative) to ln(num_classes), the loss of a
 # uniform guess, after ``stall_warning_steps`` steps.
 STALL_TOLERANCE = 0.02
+_SPLIT_NAMES = {"validation": "validation", "holdout": "held-out selection"}
 
 # --------------------------------------------------------------------------------------------
 # The run
@@ -163,9 +164,14 @@ def _log_plan(config: Config, workdir: str, inputs: Inputs, trainer: Trainer, fi
 
 def _end_epoch(trainer: Trainer, inputs: Inputs, epoch: int, checkpoints: workdir_lib.Checkpoints,
                writer: Any) -> dict[str, float] | None:
-    """Validates, lets the schedule see the error, closes the epoch and checkpoints it."""
+    """Checks the watched split, lets the schedule see its error, closes the epoch and checkpoints it.
+
+    The watched split is the selection split (``holdout``) when the records have one: then the
+    validation images play no part in the run until they are scored at its end.
+    """
     config = trainer.config
-    validation = trainer.validate(inputs)
+    split = inputs.watched[0]
+    validation = trainer.validate(inputs, split)
     reduced = trainer.schedule.end_epoch(validation["top1_error"] if validation else None)
     trainer.epoch.assign_add(1)
     trainer.step_in_epoch.assign(0)
@@ -174,12 +180,12 @@ def _end_epoch(trainer: Trainer, inputs: Inputs, epoch: int, checkpoints: workdi
         workdir_lib.write_scalars(writer, int(trainer.global_step.numpy()), {
             "loss": validation["loss"], "top1_error": validation["top1_error"],
             "top5_error": validation["top5_error"]})
-        logging.info("Epoch %d/%d: validation loss %.4f, top-1 error %.4f, top-5 error %.4f",
-                     epoch + 1, config.epochs, validation["loss"], validation["top1_error"],
+        logging.info("Epoch %d/%d: %s loss %.4f, top-1 error %.4f, top-5 error %.4f",
+                     epoch + 1, config.epochs, _SPLIT_NAMES[split], validation["loss"], validation["top1_error"],
                      validation["top5_error"])
     if reduced:
-        logging.info("Validation top-1 error stopped improving: learning rate now %g "
-                     "(reduction %d of %d)", float(trainer.schedule.learning_rate.numpy()),
+        logging.info("The %s top-1 error stopped improving: learning rate now %g "
+                     "(reduction %d of %d)", _SPLIT_NAMES[split], float(trainer.schedule.learning_rate.numpy()),
                      int(trainer.schedule.reductions.numpy()), config.max_lr_reductions)
     logging.info("Saved %s", path)
     return validation
@@ -197,7 +203,8 @@ def _train(
     if chief:
         _log_plan(config, workdir, inputs, trainer, finish)
     resumed_from_epoch = int(trainer.epoch.numpy())
-    writers = workdir_lib.summary_writers(workdir, chief)
+    watched = inputs.watched[0]
+    writers = workdir_lib.summary_writers(workdir, chief, ("train", watched))
     last_validation = None
     profiler = _Profiler(config.profile_steps, os.path.join(workdir, workdir_lib.PROFILE_DIR), chief)
     with _sigterm_flag() as sigterm, contextlib.closing(profiler):
@@ -213,7 +220,7 @@ def _train(
                                 "--workdir=%s to resume.", epoch + 1, int(trainer.step_in_epoch.numpy()),
                                 stopped, workdir)
                 return {"stopped": "SIGTERM", "checkpoint": stopped}
-            last_validation = _end_epoch(trainer, inputs, epoch, checkpoints, writers["validation"])
+            last_validation = _end_epoch(trainer, inputs, epoch, checkpoints, writers[watched])
     for writer in writers.values():
         writer.flush()
     summary = workdir_lib.run_summary(
@@ -223,8 +230,7 @@ def _train(
         global_step=int(trainer.global_step.numpy()),
         # This process's copy: equal on every worker of a multi-worker run.
         weights_l2_norm=float(np.sqrt(sum(np.sum(np.square(w)) for w in trainer.model.get_weights()))),
-        val_top1_error=last_validation["top1_error"] if last_validation else None,
-        val_top5_error=last_validation["top5_error"] if last_validation else None,
+        **_last_check(watched, last_validation),
     )
     if finish:
         summary.update(_finish(trainer, config, workdir, inputs, chief))
@@ -232,6 +238,16 @@ def _train(
         summary["summary"] = workdir_lib.write_summary(summary, workdir)
         workdir_lib.log_outputs(summary)
     return summary
+
+
+def _last_check(split: str, figures: dict[str, float] | None) -> dict[str, float | None]:
+    """The summary's figures of the last per-epoch check: ``holdout_*`` for the selection split.
+
+    With a selection split the validation figures come from the final evaluation alone.
+    """
+    prefix = "holdout" if split == "holdout" else "val"
+    return {f"{prefix}_top1_error": figures["top1_error"] if figures else None,
+            f"{prefix}_top5_error": figures["top5_error"] if figures else None}
 
 
 class _Profiler:

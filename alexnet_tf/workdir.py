@@ -42,7 +42,7 @@ CONFIG_FILE = "config.json"
 DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
-LOG_SPLITS = ("train", "validation")
+LOG_SPLITS = ("train", "validation")  # and "holdout": the per-epoch check of a run with a selection split
 PROFILE_DIR = os.path.join(LOG_DIR, "profile")
 MODEL_FILE = "model.keras"
 EXPORT_DIR = os.path.join("saved_model", "1")  # TensorFlow Serving loads numbered versions
@@ -143,11 +143,11 @@ class Checkpoints:
         return path
 
 
-def summary_writers(workdir: str, chief: bool) -> dict[str, Any]:
-    """TensorBoard writers for ``logs/train`` and ``logs/validation``; no-op writers off the chief."""
+def summary_writers(workdir: str, chief: bool, splits: tuple[str, ...] = LOG_SPLITS) -> dict[str, Any]:
+    """TensorBoard writers for ``logs/<split>`` (train, validation); no-op writers off the chief."""
     if not chief:
-        return {split: tf.summary.create_noop_writer() for split in LOG_SPLITS}
-    return {split: tf.summary.create_file_writer(os.path.join(workdir, LOG_DIR, split)) for split in LOG_SPLITS}
+        return {split: tf.summary.create_noop_writer() for split in splits}
+    return {split: tf.summary.create_file_writer(os.path.join(workdir, LOG_DIR, split)) for split in splits}
 
 
 def write_scalars(writer: Any, step: int, values: dict[str, float]) -> None:

@@ -39,7 +39,9 @@ flags.DEFINE_integer("resize", 0, "Rescale the shorter side to this (the paper: 
 flags.DEFINE_integer("jpeg_quality", converter.JPEG_QUALITY, "Quality of the JPEGs the converter encodes.")
 flags.DEFINE_integer("max_rejects", 0, "Fail (exit 1) when more files than this are rejected.")
 flags.DEFINE_integer("label_offset", 0, "Added to labels; 1 writes the classic converter's 1-based labels.")
-flags.DEFINE_integer("seed", 0, "Seed of the shuffle that mixes classes across shards.")
+flags.DEFINE_integer("seed", 0, "Seed of the shuffle that mixes classes across shards (and of --holdout_per_class).")
+flags.DEFINE_integer("holdout_per_class", 0, "Hold this many training images of every class out, as the selection "
+                     "split (holdout-* shards) to choose settings on; the statistics exclude them. 0: none.")
 flags.DEFINE_integer("num_tasks", 1, "Tasks of a job array sharing the work (each writes its own shards).")
 flags.DEFINE_integer("task_index", 0, "This task's index in 0..num_tasks-1.")
 flags.DEFINE_bool("merge", False, "Only merge the tasks' shard records into the manifest, checking completeness.")
@@ -66,6 +68,7 @@ def _convert() -> dict | None:
         seed=FLAGS.seed,
         num_tasks=FLAGS.num_tasks,
         task_index=FLAGS.task_index,
+        holdout_per_class=FLAGS.holdout_per_class,
     )
     if FLAGS.dataset == "imagenette":
         # ~9,500 + 3,900 images: the ImageNet defaults would give shards of a few images, so

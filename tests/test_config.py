@@ -85,13 +85,14 @@ def test_every_field_has_a_documented_default():
     # A new field must be added to PAPER_RECIPE or listed here as a run setting, not a paper fact.
     run_settings = {"data_dir", "shuffle_buffer", "deterministic", "seed", "plateau_patience", "jit_compile",
                     "steps_per_epoch", "checkpoint_every_steps", "export_precision", "steps_per_loop", "profile_steps",
-                    "stall_warning_steps", "mean_file", "init_from", "trainable_from"}
+                    "stall_warning_steps", "mean_file", "init_from", "trainable_from", "holdout_per_class"}
     assert {f.name for f in dataclasses.fields(Config)} == set(PAPER_RECIPE) | run_settings
 
 
 # Every rule about a configuration's own values: a setting that breaks it, and the flag the
 # message names. Each is raised from config.py, whoever builds the Config.
 BROKEN = [
+    (dict(holdout_per_class=-1), "--holdout_per_class=-1"),
     (dict(num_classes=0), "--num_classes=0"),
     (dict(input_size=60), "--input_size=60: too small"),
     (dict(input_size=38, image_size=64, overlapping_pooling=False), "--input_size=38: too small"),

@@ -112,9 +112,10 @@ def test_trainable_from_names_a_layer():
         get_config("tiny", trainable_from="fc9")
 
 
-def test_finetune_preset_lowers_the_rate_and_the_epochs():
+def test_finetune_preset_is_short_with_a_fixed_schedule_and_no_higher_rate():
     paper, tuned = get_config("paper"), get_config("finetune")
-    assert tuned.learning_rate < paper.learning_rate and tuned.epochs < paper.epochs
+    assert tuned.epochs < paper.epochs and tuned.learning_rate <= paper.learning_rate
+    assert tuned.lr_schedule == "step:24" and tuned.epochs == 30  # the setting chosen in docs/finetuning.md
 
 
 def test_the_network_is_the_sources_and_contradicting_flags_are_refused(source_run):

@@ -153,6 +153,7 @@ def convert(
     jpeg_quality: int = JPEG_QUALITY,
     num_tasks: int = 1,
     task_index: int = 0,
+    holdout_per_class: int = 0,
 ) -> dict[str, Any]:
     """Converts image folders to sharded TFRecords in ``output_directory``.
 
@@ -172,6 +173,8 @@ def convert(
       seed: the shuffle that mixes classes across shards.
       jpeg_quality: quality of the JPEGs the converter encodes.
       num_tasks, task_index: this process writes shards ``i`` with ``i % num_tasks == task_index``.
+      holdout_per_class: hold this many training images of every class out (chosen with ``seed``,
+        stratified) as the selection split, ``holdout-*`` shards; the statistics are the rest's.
 
     Returns:
       The summary (also in ``summary.json`` once all shards exist): counts per split, class and
@@ -199,5 +202,6 @@ def convert(
         jpeg_quality=jpeg_quality,
         num_tasks=num_tasks,
         task_index=task_index,
+        holdout_per_class=holdout_per_class,
     )
     return run_conversion(arguments)

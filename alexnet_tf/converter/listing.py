@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 
 from alexnet_tf import paths
@@ -149,3 +150,33 @@ def list_validation_files(
     present = {item.wnid for item in listing.items}
     listing.missing_classes = [wnid for wnid in synsets if wnid not in present]
     return listing
+
+
+def carve_holdout(listing: SplitListing, per_class: int, seed: int) -> tuple[SplitListing, SplitListing]:
+    """Splits ``per_class`` images of every class off a training listing: (training, holdout).
+
+    Stratified and reproducible: each class's files, in their sorted order, are shuffled by a
+    generator seeded with ``seed`` and the wnid, and the first ``per_class`` are held out. The
+    choice of a class depends only on its own files, the seed and ``per_class``.
+
+    Raises:
+      ConversionError: naming ``--holdout_per_class`` when a class has no more images than that.
+    """
+    by_class: dict[str, list[ListedFile]] = {}
+    for item in listing.items:
+        by_class.setdefault(item.wnid, []).append(item)
+    short = {wnid: len(items) for wnid, items in by_class.items() if len(items) <= per_class}
+    if short:
+        wnid, count = next(iter(sorted(short.items())))
+        raise ConversionError(
+            f"--holdout_per_class={per_class}: {len(short)} class(es) have no more images than that (e.g. {wnid}: "
+            f"{count}), so none would be left to train on; hold out fewer"
+        )
+    held: set[str] = set()
+    for wnid, items in by_class.items():
+        order = sorted(items, key=lambda item: item.relpath)
+        random.Random(f"holdout:{seed}:{wnid}").shuffle(order)
+        held.update(item.relpath for item in order[:per_class])
+    train = SplitListing([i for i in listing.items if i.relpath not in held], listing.missing_classes, listing.ignored)
+    holdout = SplitListing([i for i in listing.items if i.relpath in held], listing.missing_classes, [])
+    return train, holdout

@@ -22,6 +22,7 @@ from alexnet_tf.converter.listing import (
     IMAGE_EXTENSIONS,
     ConversionError,
     SplitListing,
+    carve_holdout,
     list_training_files,
     list_validation_files,
 )
@@ -55,6 +56,7 @@ class ConvertArguments:
     jpeg_quality: int
     num_tasks: int
     task_index: int
+    holdout_per_class: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,10 @@ def check_arguments(arguments: ConvertArguments) -> None:
         )
     if a.label_offset < 0 or a.max_rejects < 0:
         raise ConversionError("--label_offset and --max_rejects must not be negative")
+    if not isinstance(a.holdout_per_class, int) or a.holdout_per_class < 0:
+        raise ConversionError(f"--holdout_per_class must be 0 or more, got {a.holdout_per_class!r}")
+    if a.holdout_per_class and not a.train_directory:
+        raise ConversionError("--holdout_per_class holds training images out: pass --train_directory")
     # The input folders are read with os.scandir and open(): local only (the output may be remote).
     for path, flag in ((a.train_directory, "--train_directory"), (a.validation_directory, "--validation_directory")):
         if path and not os.path.isdir(path):
@@ -132,14 +138,19 @@ def list_inputs(arguments: ConvertArguments, classes: Classes) -> dict[str, Spli
     """Each split's files, listed and checked; raises :class:`ConversionError` for an empty split."""
     a = arguments
     inputs: dict[str, SplitInput] = {}
+    holdout = None
     if a.train_directory:
         listing = list_training_files(a.train_directory, classes.synsets, classes.labels_file)
+        if a.holdout_per_class:
+            listing, holdout = carve_holdout(listing, a.holdout_per_class, a.seed)
         inputs[records.TRAIN_PREFIX] = SplitInput(listing, a.train_shards, a.train_directory)
     if a.validation_directory:
         listing = list_validation_files(
             a.validation_directory, a.validation_labels_file, classes.synsets, classes.labels_file
         )
         inputs[records.VALIDATION_PREFIX] = SplitInput(listing, a.validation_shards, a.validation_directory)
+    if holdout is not None:  # as many shards as the validation set's: the two are about the same size
+        inputs[records.HOLDOUT_PREFIX] = SplitInput(holdout, a.validation_shards, a.train_directory)
     for split, split_input in inputs.items():
         if not split_input.listing.items:
             raise ConversionError(
@@ -223,6 +234,8 @@ def plan_jobs(
         "seed": arguments.seed,
         "format_version": files.FORMAT_VERSION,
     }
+    if arguments.holdout_per_class:  # recorded (and fingerprinted) only when used: older shards stay valid
+        options["holdout_per_class"] = arguments.holdout_per_class
     plan: dict[str, Any] = {
         "options": options,
         "num_tasks": arguments.num_tasks,
