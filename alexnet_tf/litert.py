@@ -13,8 +13,8 @@ One file, ``PATH.tflite``, with one signature ``serving_default``:
 * input ``image``: float32 [batch, input_size, input_size, 3], the centre crop in 0-255 RGB pixel
   values, as ``centre_crop`` makes it from JPEG or PNG bytes. The training set's mean (the mean
   image's centre window, or the per-channel mean) is subtracted inside the file, so a caller needs
-  no statistics. The input is float32, not uint8: the hybrid kernels run on float activations
-  anyway (a uint8 input would only add a cast), and the evaluator's other nine views (corners and
+  no statistics. The input is float32, not uint8: the mean is subtracted in float32 anyway (a
+  uint8 input would only add a cast), and the evaluator's other nine views (corners and
   mirrors, whose mean window lies elsewhere) are not whole pixel values once compensated
   (``load_predictor``).
 * output ``prob``: float32 [batch, num_classes], the softmax.
