@@ -85,7 +85,7 @@ def float32_model(model: keras.Model) -> keras.Model:
 class ElementwiseLRN(keras.layers.Layer):
     """``layers.LocalResponseNormalization`` written in operations XNNPACK runs, for the LiteRT file.
 
-    LiteRT's own LRN kernel is a float32 reference loop that XNNPACK does not take, so the file
+    LiteRT's own LRN kernel is a float32 builtin that XNNPACK does not take, so the file
     would leave the delegate twice and spend about half its batch-1 time in the two LRN layers
     (``docs/serving.md``). The same formula from ops XNNPACK has: the squares, their sum over
     ``size`` adjacent channels as ``size`` shifted slices of the zero-padded squares (exact, unlike
@@ -145,7 +145,7 @@ def litert_network(network: keras.Model) -> keras.Model:
     """``network`` with its LRN and Flatten layers in the forms XNNPACK runs; the other layers shared.
 
     The same function of the image (``ElementwiseLRN``, ``FixedFlatten``): the converter then
-    emits a graph the runtime's XNNPACK delegate takes whole, with no op left to its reference kernels.
+    emits a graph the runtime's XNNPACK delegate takes whole, with no op left to its builtin kernels.
     """
 
     def replace(layer: keras.layers.Layer) -> keras.layers.Layer:

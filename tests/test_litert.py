@@ -128,7 +128,7 @@ def test_weights_are_int8_and_the_file_a_third_of_float32(run, litert_file, floa
     assert int8_elements_and_ops(float32_litert_file)[0] == 0
     assert os.path.getsize(litert_file) < 0.4 * os.path.getsize(float32_litert_file)
     # The towers' split convolutions and LRN's elementwise form are LiteRT builtins: no TensorFlow (Flex)
-    # ops; neither LiteRT's reference LRN kernel nor Flatten's run-time shape ops, which XNNPACK does not take.
+    # ops; neither LiteRT's builtin LRN kernel nor Flatten's run-time shape ops, which XNNPACK does not take.
     assert {"SPLIT", "CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "SUB", "SQUARE", "RSQRT", "SQRT", "RESHAPE"} <= ops, ops
     assert not ops & {"LOCAL_RESPONSE_NORMALIZATION", "SHAPE", "PACK"}, ops
     assert not any(op.startswith("Flex") for op in ops), ops
