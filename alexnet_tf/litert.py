@@ -2,17 +2,19 @@
 
 At batch 1 AlexNet is bound by reading its weights (fc6-fc8 hold 58.6 M of 61 M). Dynamic-range
 quantisation stores every convolution and fully connected kernel in int8, a quarter of float32,
-and the runtime's hybrid kernels quantise the activations on the fly; biases, LRN, pooling and the
-softmax stay float32. Unlike the bfloat16 SavedModel, this pays on any CPU (x86 with or without
-AVX-512, ARM). ``docs/serving.md`` compares the exports.
+and the runtime's XNNPACK kernels quantise the activations on the fly; biases, LRN, pooling and the
+softmax stay float32. LRN is written in elementwise ops (``ElementwiseLRN``) so that XNNPACK runs
+the whole network: LiteRT's own LRN kernel, outside XNNPACK, took half the batch-1 time. Unlike
+the bfloat16 SavedModel, this pays on any CPU (x86 with or without AVX-512, ARM).
+``docs/serving.md`` compares the exports, and says why full-integer quantisation was not chosen.
 
 One file, ``PATH.tflite``, with one signature ``serving_default``:
 
 * input ``image``: float32 [batch, input_size, input_size, 3], the centre crop in 0-255 RGB pixel
   values, as ``centre_crop`` makes it from JPEG or PNG bytes. The training set's mean (the mean
   image's centre window, or the per-channel mean) is subtracted inside the file, so a caller needs
-  no statistics. The input is float32, not uint8: the hybrid kernels run on float activations
-  anyway (a uint8 input would only add a cast), and the evaluator's other nine views (corners and
+  no statistics. The input is float32, not uint8: the mean is subtracted in float32 anyway (a
+  uint8 input would only add a cast), and the evaluator's other nine views (corners and
   mirrors, whose mean window lies elsewhere) are not whole pixel values once compensated
   (``load_predictor``).
 * output ``prob``: float32 [batch, num_classes], the softmax.
@@ -45,6 +47,7 @@ from alexnet_tf import export, paths, preprocess, reports, statistics
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import Config
 from alexnet_tf.evaluation import Predictor
+from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.statistics import DatasetStatistics
 
 SIGNATURE = "serving_default"
@@ -79,6 +82,82 @@ def float32_model(model: keras.Model) -> keras.Model:
     return export.float32_copy(model)
 
 
+class ElementwiseLRN(keras.layers.Layer):
+    """``layers.LocalResponseNormalization`` written in operations XNNPACK runs, for the LiteRT file.
+
+    LiteRT's own LRN kernel is a float32 builtin that XNNPACK does not take, so the file
+    would leave the delegate twice and spend about half its batch-1 time in the two LRN layers
+    (``docs/serving.md``). The same formula from ops XNNPACK has: the squares, their sum over
+    ``size`` adjacent channels as ``size`` shifted slices of the zero-padded squares (exact, unlike
+    a banded 1x1 convolution, whose weights the converter would quantise to int8), then
+    ``(k + alpha * sum) ^ -beta`` as ``r * sqrt(r)`` with ``r = rsqrt(.)`` for the paper's
+    beta = 0.75, ``exp(-beta * log(.))`` for any other. Float32 throughout; it differs from
+    ``tf.nn.local_response_normalization`` by float32 rounding only.
+
+    Args:
+      lrn: the layer to copy (its size, k, alpha read by its convention, beta and name).
+    """
+
+    def __init__(self, lrn: LocalResponseNormalization, **kwargs):
+        super().__init__(name=lrn.name, dtype="float32", **kwargs)
+        self.size = lrn.size
+        self.k = lrn.k
+        self.alpha = lrn.alpha / lrn.size if lrn.convention == "caffe" else lrn.alpha
+        self.beta = lrn.beta
+
+    def call(self, inputs):
+        squares = tf.square(inputs)
+        channels = inputs.shape[-1]
+        radius = self.size // 2
+        padded = tf.pad(squares, [[0, 0], [0, 0], [0, 0], [radius, radius]])
+        window = padded[..., :channels]
+        for shift in range(1, self.size):
+            window = window + padded[..., shift:shift + channels]
+        scale = self.k + self.alpha * window
+        if self.beta == 0.75:
+            root = tf.math.rsqrt(scale)
+            return inputs * (root * tf.sqrt(root))
+        return inputs * tf.exp(-self.beta * tf.math.log(scale))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class FixedFlatten(keras.layers.Layer):
+    """``Flatten`` as one reshape to ``[-1, features]``.
+
+    Keras' ``Flatten`` reads the batch size from the tensor's shape at run time, which the converter
+    writes as SHAPE, STRIDED_SLICE and PACK ops in front of the reshape: XNNPACK takes none of them,
+    so the fully connected layers would start a delegate partition of their own.
+    """
+
+    def __init__(self, flatten: keras.layers.Flatten, **kwargs):
+        super().__init__(name=flatten.name, dtype="float32", **kwargs)
+
+    def call(self, inputs):
+        return tf.reshape(inputs, [-1, int(np.prod(inputs.shape[1:]))])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
+def litert_network(network: keras.Model) -> keras.Model:
+    """``network`` with its LRN and Flatten layers in the forms XNNPACK runs; the other layers shared.
+
+    The same function of the image (``ElementwiseLRN``, ``FixedFlatten``): the converter then
+    emits a graph the runtime's XNNPACK delegate takes whole, with no op left to its builtin kernels.
+    """
+
+    def replace(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, LocalResponseNormalization):
+            return ElementwiseLRN(layer)
+        if isinstance(layer, keras.layers.Flatten):
+            return FixedFlatten(layer)
+        return layer
+
+    return keras.models.clone_model(network, clone_function=replace)
+
+
 def mean_window(config: Config, stats: DatasetStatistics) -> np.ndarray:
     """What the file subtracts: the mean image's centre ``input_size`` window [s, s, 3], or the mean [3].
 
@@ -95,6 +174,8 @@ def convert(model: keras.Model, config: Config, stats: DatasetStatistics,
             quantization: str = "dynamic_range") -> bytes:
     """The LiteRT flatbuffer of ``model`` with the mean subtraction in front of it.
 
+    The network is converted as ``litert_network`` writes it (LRN and Flatten in ops XNNPACK runs).
+
     Args:
       model: the network (``image`` -> softmax ``prob``), built from ``config``; any dtype policy.
       config: supplies input_size, image_size, mean_subtraction.
@@ -106,7 +187,7 @@ def convert(model: keras.Model, config: Config, stats: DatasetStatistics,
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r} (--litert_quantization)")
-    network = float32_model(model)
+    network = litert_network(float32_model(model))
     size = config.input_size
     mean = tf.constant(mean_window(config, stats))
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from alexnet_tf import device_preprocess, evaluation, litert, preprocess, reports
 from alexnet_tf import workdir as workdir_lib
+from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.model import build_from_config
 
 LARGE_JPEG = "imagenet-sample/train/n01440764/n01440764_tench.JPEG"
@@ -126,9 +127,62 @@ def test_weights_are_int8_and_the_file_a_third_of_float32(run, litert_file, floa
     assert quantised == kernels
     assert int8_elements_and_ops(float32_litert_file)[0] == 0
     assert os.path.getsize(litert_file) < 0.4 * os.path.getsize(float32_litert_file)
-    # LRN and the towers' split convolutions are LiteRT builtins: no TensorFlow (Flex) ops needed.
-    assert {"LOCAL_RESPONSE_NORMALIZATION", "SPLIT", "CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "SUB"} <= ops, ops
+    # The towers' split convolutions and LRN's elementwise form are LiteRT builtins: no TensorFlow (Flex)
+    # ops; neither LiteRT's builtin LRN kernel nor Flatten's run-time shape ops, which XNNPACK does not take.
+    assert {"SPLIT", "CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "SUB", "SQUARE", "RSQRT", "SQRT", "RESHAPE"} <= ops, ops
+    assert not ops & {"LOCAL_RESPONSE_NORMALIZATION", "SHAPE", "PACK"}, ops
     assert not any(op.startswith("Flex") for op in ops), ops
+
+
+@pytest.mark.parametrize("quantization", litert.QUANTIZATIONS)
+def test_xnnpack_takes_the_whole_file(run, litert_file, float32_litert_file, quantization):
+    """One XNNPACK partition from the input to the softmax: no op is left to the runtime's own kernels."""
+    require_litert()
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = litert_file if quantization == "dynamic_range" else float32_litert_file
+    interpreter = Interpreter(model_path=path, num_threads=litert.DEFAULT_THREADS)
+    interpreter.allocate_tensors()
+    delegated = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
+    assert len(delegated) == 1, [op["op_name"] for op in interpreter._get_ops_details()]
+    signature = interpreter.get_signature_runner(litert.SIGNATURE)
+    assert signature.get_input_details()[litert.INPUT]["index"] in delegated[0]["inputs"]
+    assert list(delegated[0]["outputs"]) == [signature.get_output_details()[litert.OUTPUT]["index"]]
+
+
+@pytest.mark.parametrize("size,k,alpha,beta,convention", [
+    (5, 2.0, 1e-4, 0.75, "paper"),  # the paper's
+    (5, 1.0, 1e-4, 0.75, "caffe"),  # bvlc_alexnet's
+    (3, 2.0, 1e-3, 0.5, "paper"),  # another window and exponent: the exp/log form
+])
+def test_elementwise_lrn_computes_the_layer(size, k, alpha, beta, convention):
+    layer = LocalResponseNormalization(size=size, k=k, alpha=alpha, beta=beta, convention=convention, name="lrn1")
+    # ReLU outputs as conv1's on 0-255 pixels reach them: up to a few hundred, many zeros, odd channel counts.
+    x = np.maximum(np.random.default_rng(size).normal(0.0, 150.0, (2, 7, 6, 11)), 0.0).astype(np.float32)
+    expected = np.asarray(layer(x))
+    elementwise = litert.ElementwiseLRN(layer)
+    assert elementwise.name == "lrn1"
+    got = np.asarray(elementwise(x))
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-6)
+    # Not the identity: the normalisation shrinks the large activations.
+    assert np.abs(expected - x).max() > 1.0
+
+    @tf.function
+    def in_graph(t):
+        return elementwise(t)
+
+    np.testing.assert_allclose(in_graph(tf.constant(x)).numpy(), expected, rtol=2e-6, atol=1e-6)
+
+
+def test_litert_network_is_the_network(run):
+    network = litert.litert_network(run.model)
+    kinds = [type(layer).__name__ for layer in network.layers]
+    assert kinds.count("ElementwiseLRN") == 2 and kinds.count("FixedFlatten") == 1
+    assert "LocalResponseNormalization" not in kinds and "Flatten" not in kinds
+    # The other layers are shared, not copied: the same weights.
+    assert [id(w) for w in network.weights] == [id(w) for w in run.model.weights]
+    crops = litert.centre_crops(run.val_images[:4], run.config) - litert.mean_window(run.config, run.stats)
+    np.testing.assert_allclose(network(crops, training=False), run.model(crops, training=False), atol=1e-6)
 
 
 def test_runtime_answers_as_the_keras_model(shared_data, run, litert_file, float32_litert_file):
