@@ -93,7 +93,7 @@ def _square_only(pattern: str, num_images: int, stats: statistics.DatasetStatist
         deterministic=False,
     )
     dataset = dataset.map(
-        lambda r: (preprocess.ten_crop_square(records.parse_example(r)["encoded"], config)[preprocess.SQUARE][0, 0], 0),
+        lambda r: (preprocess.ten_crop_square(records.parse_example(r)["encoded"], config.image_size).square[0, 0], 0),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )

@@ -176,7 +176,8 @@ def test_centre_crop_is_the_evaluation_crop(shared_data, run):
     for name, encoded in _real_images(shared_data, run).items():
         crop = litert.centre_crop(encoded, run.config).numpy()
         assert crop.dtype == np.float32 and crop.shape == window.shape, name
-        np.testing.assert_array_equal(crop, preprocess.eval_crop(tf.constant(encoded), run.config)[preprocess.IMAGE])
+        np.testing.assert_array_equal(
+            crop, preprocess.eval_crop(tf.constant(encoded), run.config.image_size, run.config.input_size).image)
         view = device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats).numpy()
         np.testing.assert_allclose(crop - window, view, atol=1e-4, err_msg=name)
         np.testing.assert_array_equal(in_graph(tf.constant(encoded)).numpy(), crop)

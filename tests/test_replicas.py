@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, IMAGENETTE, DrawnSet, RealSet, copy_shards, cycling, read_records  # noqa: E402
 
-from alexnet_tf import data, device_preprocess, evaluation, preprocess, sources, statistics, training  # noqa: E402
+from alexnet_tf import data, device_preprocess, evaluation, preprocess, sources, statistics, training, views  # noqa: E402,E501
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
@@ -261,7 +261,7 @@ def _scaling(devices, out):
         trainer = training.Trainer(config, strategy)
         trainer.set_learning_rate(config.learning_rate)
         before, scale_before = _weights(trainer.model), float(trainer.optimizer.scale_loss(1.0))
-        dataset = tf.data.Dataset.from_tensors((images, labels))
+        dataset = tf.data.Dataset.from_tensors((views.FloatImages(images), labels))
         loss = trainer.train_step(iter(strategy.experimental_distribute_dataset(dataset)))[0]
         after = _weights(trainer.model)
         return {
@@ -282,7 +282,7 @@ def _scaling(devices, out):
     trainer = training.Trainer(config, strategy)
     fc8 = trainer.model.get_layer("fc8")
     fc8.bias.assign(tf.fill(fc8.bias.shape, np.nan))
-    dataset = tf.data.Dataset.from_tensors((base, labels))
+    dataset = tf.data.Dataset.from_tensors((views.FloatImages(base), labels))
     figures["nan_network_loss_is_nan"] = bool(np.isnan(
         trainer.train_step(iter(strategy.experimental_distribute_dataset(dataset)))[0]))
     pathlib.Path(out).write_text(json.dumps(figures))
@@ -323,7 +323,8 @@ def _batch_norm_step(strategy, config, images, labels, steps=1):
     """Every replica's copy of the model's variables, by name, after ``steps`` training steps."""
     trainer = training.Trainer(config, strategy)
     trainer.set_learning_rate(config.learning_rate)
-    iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)).repeat()))
+    dataset = tf.data.Dataset.from_tensors((views.FloatImages(images), labels)).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
     for _ in range(steps):
         trainer.train_step(iterator)
     weights = trainer.model.weights
@@ -400,8 +401,8 @@ def _float_training_view(encoded, config, stats, draws):
     the mean image's window mirrored with it, plus the colour offset.
     """
     size, crop = config.image_size, config.input_size
-    offset_y, offset_x = draws[preprocess.CROP][0], draws[preprocess.CROP][1]
-    flip = draws[preprocess.FLIP]
+    offset_y, offset_x = draws.crop[0], draws.crop[1]
+    flip = draws.flip
     shape = tf.image.extract_jpeg_shape(encoded)  # the converter writes every record as JPEG
     side = tf.reduce_min(shape[:2])
     top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
@@ -420,7 +421,7 @@ def _float_training_view(encoded, config, stats, draws):
     means = tf.constant(np.stack([mean, mean[:, ::-1]]))
     mean_x = tf.where(flip, size - offset_x - crop, offset_x)
     image = image - means[tf.cast(flip, tf.int32), offset_y : offset_y + crop, mean_x : mean_x + crop]
-    return image + draws[preprocess.RGB], side == size
+    return image + draws.rgb, side == size
 
 
 def _finish(devices, out, sets):
@@ -436,10 +437,9 @@ def _finish(devices, out, sets):
         stats = statistics.load_statistics(data_dir)
         assert stats.mean_image is not None
 
-        def with_reference(encoded, config, draws, stats=stats):
-            features = host_half(encoded, config, draws)
-            features["reference"], features["exact"] = _float_training_view(encoded, config, stats, draws)
-            return features
+        def with_reference(encoded, draws, image_size, input_size, config=config, stats=stats):
+            view = host_half(encoded, draws, image_size, input_size)
+            return (view, *_float_training_view(encoded, config, stats, draws))
 
         preprocess.decode_train_crop = with_reference  # what data.make_dataset maps, traced below
         pattern = data.file_pattern(data_dir, "train")
@@ -451,8 +451,9 @@ def _finish(devices, out, sets):
         @tf.function
         def step(batch, finish=finish):
             def replica(features, labels):
-                flags = [tf.cast(features[key], tf.int32) for key in ("exact", preprocess.FLIP)]  # gather takes no bool
-                return finish(features), features["reference"], *flags
+                view, reference, exact = features
+                flags = [tf.cast(flag, tf.int32) for flag in (exact, view.flip)]  # gather takes no bool
+                return finish(view), reference, *flags
 
             return [strategy.gather(t, axis=0) for t in strategy.run(replica, args=batch)]
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import tensorflow as tf  # noqa: E402
 from converted import ASSORTED, SHAPES  # noqa: E402
 
-from alexnet_tf import data, distribute, records, sources, synthetic_data, training  # noqa: E402
+from alexnet_tf import data, distribute, records, sources, synthetic_data, training, views  # noqa: E402
 from alexnet_tf import trainer as trainer_lib  # noqa: E402
 from alexnet_tf import workdir as workdir_lib  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
@@ -321,8 +321,8 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monke
     trainer.step_in_epoch.assign(done)
     first = next(trainer.distribute(inputs, 1))
     np.testing.assert_array_equal(first[1], expected[1])  # the batch after the skipped ones
-    for key in expected[0]:  # with the same crop, flip and colour noise
-        np.testing.assert_array_equal(first[0][key], expected[0][key])
+    for got, want in zip(first[0], expected[0], strict=True):  # with the same crop, flip and colour noise
+        np.testing.assert_array_equal(got, want)
     assert len(decoded) < done * config.batch_size, f"{len(decoded)} records decoded to resume at step {done}"
 
 
@@ -333,7 +333,7 @@ def _batch_inputs(config, num_batches, poisoned=()):
         images[index * config.batch_size:(index + 1) * config.batch_size] = np.nan
 
     def train(context, epoch, skip_batches=0):
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        dataset = tf.data.Dataset.from_tensor_slices((views.FloatImages(images), labels))
         return dataset.batch(context.get_per_replica_batch_size(config.batch_size)).skip(skip_batches)
 
     return sources.Inputs(train, None, num_batches)
@@ -679,7 +679,7 @@ def _mwms_scaling_and_dropout(strategy, config):
     def dataset_fn(context):
         # Pixels 1000x larger on the second worker: its scaled float16 gradients overflow.
         factor = 1000.0 if context.input_pipeline_id == 1 else 1.0
-        return tf.data.Dataset.from_tensors((images * factor, labels)).repeat()
+        return tf.data.Dataset.from_tensors((views.FloatImages(images * factor), labels)).repeat()
 
     before, scale = _weights(trainer.model), float(trainer.optimizer.scale_loss(1.0))
     loss = trainer.train_step(iter(strategy.distribute_datasets_from_function(dataset_fn)))[0]
