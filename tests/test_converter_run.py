@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
-import converter_helpers as h
 import numpy as np
 import pytest
 
 from alexnet_tf import converter, records, statistics
+from tests.support import ROOT, python_env, start_python
+from tests.support import converter_helpers as h
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLI = ROOT / "data_prep" / "build_tfrecords.py"
 
 
@@ -176,12 +174,10 @@ def test_input_errors_are_found_before_any_work(shared_data, tmp_path):
 
 
 def _run_cli(*args: str, log_level: str | None = "3") -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env = python_env(drop=["TF_CPP_MIN_LOG_LEVEL"])
     if log_level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = log_level
-    return subprocess.Popen(
-        [sys.executable, str(CLI), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return start_python([CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow  # three TensorFlow start-ups (CLI, two workers) and a re-run: ~20 s on 2 cores

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
 from alexnet_tf import data, device_preprocess, records, sources, views
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics, load_statistics
+from tests.support import run_python
+from tests.support.converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
 NUM_IMAGES = len(ASSORTED.train_labels)  # labels 0..23, one per image
 
@@ -298,9 +297,7 @@ print(json.dumps({"passes": [order[:32], order[32:]], "draws": draws}))
 
 
 def _start(deterministic: bool, epoch: int = 0) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
-    result = subprocess.run([sys.executable, "-c", RESTART_PROBE, str(int(deterministic)), str(epoch)], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = run_python(["-c", RESTART_PROBE, int(deterministic), epoch], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
