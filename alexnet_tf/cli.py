@@ -61,6 +61,10 @@ def run(main: Callable[[list[str]], int | None], usage: str | None = None) -> No
     """
     if usage:
         sys.modules["__main__"].__doc__ = usage
+    # absl's --help lists the flags of the main module, which it knows by sys.argv[0]: the command's
+    # flags are those of the module that defines ``main``.
+    for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def guarded(argv: list[str]) -> int | None:
         try:
