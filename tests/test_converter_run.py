@@ -199,11 +199,11 @@ def test_cli_kill_9_then_rerun_gives_identical_output(shared_data, tmp_path):
             break
         time.sleep(0.005)
     process.wait()
-    assert killed_mid_shard, process.stderr.read().decode()[-2000:]
+    assert killed_mid_shard, process.stderr.read()[-2000:]
     assert not (out / converter.MANIFEST_FILE).exists()
     time.sleep(0.5)  # the workers die with their parent (PR_SET_PDEATHSIG)
     rerun = _run_cli(*args, f"--output_directory={out}", "--num_workers=1")
-    assert rerun.wait(timeout=120) == 0, rerun.stderr.read().decode()[-2000:]
+    assert rerun.wait(timeout=120) == 0, rerun.stderr.read()[-2000:]
     assert h.shards(out) == h.shards(tmp_path / "ref")
     assert not list(out.glob("*.tmp-*"))
     for name in (converter.MANIFEST_FILE, statistics.STATISTICS_FILE, statistics.MEAN_IMAGE_FILE):
@@ -220,10 +220,10 @@ def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     # ... unless the user chose a level: 0 shows them all.
     bad = _run_cli("--train_directory=/nonexistent", f"--output_directory={tmp_path / 'b'}", log_level="0")
     assert failing.wait(timeout=120) == 1
-    quiet = failing.stderr.read().decode()
+    quiet = failing.stderr.read()
     assert "4 files rejected" in quiet
     assert bad.wait(timeout=120) == 2
-    loud = bad.stderr.read().decode()
+    loud = bad.stderr.read()
     assert "/nonexistent" in loud
     assert json.loads((tmp_path / "a" / converter.SUMMARY_FILE).read_text())["rejected"] == 4
     # TensorFlow's C++ INFO lines, but for cudart_stub's, which ignores the level (upstream bug).
@@ -247,7 +247,7 @@ def test_cli_workers_do_not_start_tensorflow(tmp_path):
     process = _run_cli(f"--train_directory={train}", f"--output_directory={out}", "--train_shards=2",
                        "--num_workers=2", "--max_rejects=10", log_level="0")
     assert process.wait(timeout=120) == 0
-    stderr = process.stderr.read().decode()
+    stderr = process.stderr.read()
     pids = {int(pid) for pid in re.findall(r"^I\d{4} [\d:.]+ +(\d+) \S+\.cc:\d+\]", stderr, re.MULTILINE)}
     assert pids == {process.pid}, stderr[-2000:]
     summary = json.loads((out / converter.SUMMARY_FILE).read_text())
