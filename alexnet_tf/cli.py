@@ -1,6 +1,7 @@
 """What the command lines share: their exit statuses, and bad input said in one line.
 
-``train.py``, ``evaluate.py`` and ``data_prep/build_tfrecords.py`` start through ``run``. A bad
+The commands (``apps/``: ``train.py``, ``evaluate.py``, ``data_prep/build_tfrecords.py`` and their
+console scripts) start through ``run``. A bad
 flag, path or combination (``ConfigError``, ``FileNotFoundError``, absl's flag errors and
 ``app.UsageError``) ends as one line on stderr naming the flag and the fix, with status
 ``USAGE``; anything else is a real failure and keeps its traceback. The statuses are the same
@@ -50,8 +51,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(usage_error(f"{e} (--helpfull lists every flag)"))
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-    """``app.run(main)``, with bad input ending in one line and status ``USAGE``."""
+def run(main: Callable[[list[str]], int | None], usage: str | None = None) -> None:
+    """``app.run(main)``, with bad input ending in one line and status ``USAGE``.
+
+    Args:
+      main: the command's main function.
+      usage: what ``--help`` prints before the flags (the command's module docstring). absl prints
+        the ``__main__`` module's docstring, which is the entry script's or the console script's.
+    """
+    if usage:
+        sys.modules["__main__"].__doc__ = usage
+    # absl's --help lists the flags of the main module, which it knows by sys.argv[0]: the command's
+    # flags are those of the module that defines ``main``.
+    for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def guarded(argv: list[str]) -> int | None:
         try:

@@ -127,7 +127,8 @@ def augmentation_draws(config: Config, stats: DatasetStatistics, pipeline_id: in
                                          rerandomize_each_iteration=True)
     return block_seeds.map(
         lambda seed: preprocess.training_draws(
-            config, stats, tf.stack([seed, tf.constant(pipeline_id, tf.int64)]), DRAW_BLOCK
+            tf.stack([seed, tf.constant(pipeline_id, tf.int64)]), DRAW_BLOCK, config.image_size,
+            config.input_size, stats, config.pca_std,
         )
     ).unbatch()
 
@@ -208,8 +209,8 @@ def make_dataset(
 
     Returns:
       A dataset of (features, int32 [B] 0-based labels). The features are the host's half of the
-      view, a dict of uint8 pixels and a few values per image (``preprocess.train_crop``,
-      ``eval_crop`` or, for ten_crop, ``ten_crop_square``); ``device_preprocess.DeviceFinish(config,
+      view, uint8 pixels and a few values per image: a ``views.TrainCrop``, ``EvalCrop`` or, for
+      ten_crop, ``TenCropSquare``; ``device_preprocess.DeviceFinish(config,
       stats)`` turns a batch of them into float32 [B, s, s, 3] (or [B, 10, s, s, 3]) images,
       s = config.input_size, inside the compiled step (``finish_on_host`` does it here instead).
 
@@ -331,14 +332,16 @@ def _make_map_fn(training: bool, ten_crop: bool, config: Config):
     if training:
 
         def train_fn(parsed, draws):
-            return preprocess.decode_train_crop(parsed["encoded"], config, draws), parsed["label"]
+            view = preprocess.decode_train_crop(parsed["encoded"], draws, config.image_size, config.input_size)
+            return view, parsed["label"]
 
         return train_fn
 
-    view = preprocess.ten_crop_square if ten_crop else preprocess.eval_crop
-
     def eval_fn(parsed):
-        return view(parsed["encoded"], config), parsed["label"]
+        encoded = parsed["encoded"]
+        if ten_crop:
+            return preprocess.ten_crop_square(encoded, config.image_size), parsed["label"]
+        return preprocess.eval_crop(encoded, config.image_size, config.input_size), parsed["label"]
 
     return eval_fn
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from alexnet_tf import data, device_preprocess, imagenet, preprocess
+from alexnet_tf import data, device_preprocess, imagenet
 from alexnet_tf import paths as paths_lib
 from alexnet_tf.config import Config
 from alexnet_tf.statistics import load_statistics
@@ -181,7 +181,7 @@ def _first_images(
     inputs, display, labels = [], [], []
     for features, batch_labels in dataset.take(math.ceil(limit / config.batch_size)):
         inputs.append(finish(features).numpy())
-        display.append(features[preprocess.IMAGE].numpy())  # the uint8 crop before the mean
+        display.append(features.image.numpy())  # the uint8 crop before the mean
         labels.append(batch_labels.numpy())
     return tuple(np.concatenate(arrays)[:limit] for arrays in (inputs, display, labels))
 

@@ -352,7 +352,7 @@ def centre_crop(encoded: tf.Tensor | bytes, config: Config, max_pixels: int = ex
     )
     with tf.control_dependencies([check]):
         encoded = tf.identity(encoded)
-    return tf.cast(preprocess.eval_crop(encoded, config)[preprocess.IMAGE], tf.float32)
+    return tf.cast(preprocess.eval_crop(encoded, config.image_size, config.input_size).image, tf.float32)
 
 
 def centre_crops(images: Sequence[bytes], config: Config) -> np.ndarray:

@@ -11,12 +11,15 @@ The work is split in two halves, so that the host does only what needs the encod
 * On the host (``decode_train_crop``, ``eval_crop``, ``ten_crop_square``, mapped by
   ``data.make_dataset``): decode, the central square, the crop, all in uint8, plus a few values
   per image: the crop's offset, whether to mirror it, the PCA colour offset (``training_draws``
-  makes these for a block of images at once; ``train_crop`` is both steps for one image). A
+  makes these for a block of images at once; ``train_crop`` is both steps for one image), each
+  view a named type of ``views.py`` (``TrainCrop``, ``EvalCrop``, ``TenCropSquare``). A
   227x227x3 crop is 154,587 bytes, a quarter of its float32 view.
-* On the device, inside the compiled step (``device_preprocess.DeviceFinish``): cast to float,
-  subtract the mean image at the crop's offset, mirror, add the colour offset.
+* On the device, inside the compiled step (``device_preprocess.py``, one function per view type):
+  cast to float, subtract the mean image at the crop's offset, mirror, add the colour offset.
   ``device_preprocess.preprocess_for_train`` / ``preprocess_for_eval`` / ``preprocess_for_ten_crop``
   are both halves for one image (serving, tests).
+
+The ops take the sizes and statistics they use; ``mean_to_subtract`` reads them from a ``Config``.
 
 Three orderings differ from a literal reading and give the same result for less work:
 
@@ -38,7 +41,7 @@ statistics become graph constants.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +49,7 @@ from absl import logging
 
 from alexnet_tf.config import Config
 from alexnet_tf.statistics import DatasetStatistics
+from alexnet_tf.views import EvalCrop, TenCropSquare, TrainCrop
 
 # Shrinking (most images) averages the source pixels each output pixel covers: no aliasing from
 # 2400-pixel originals, and cheaper in TensorFlow than antialiased bilinear (docs/benchmarks.md). Enlarging
@@ -56,13 +60,6 @@ FLIP_PROBABILITY = 0.5
 NUM_CROPS = 10
 _SEED_MAX = 2**31 - 1
 
-# What the host sends per image (``train_crop``, ``eval_crop``, ``ten_crop_square``); the device
-# finishes the view from it (``device_preprocess.DeviceFinish``).
-IMAGE = "image"  # uint8 [c, c, 3]: the crop, not mirrored
-CROP = "crop"  # int32 [2]: the crop's (y, x) in the image_size square, where its mean window is
-FLIP = "flip"  # bool []: mirror the view (training only)
-RGB = "rgb"  # float32 [3]: the PCA colour offset (training only)
-SQUARE = "square"  # uint8 [s, s, 3]: the whole central square, for the ten test patches
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -282,24 +279,30 @@ def ten_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
     return patches
 
 
-def mean_to_subtract(config: Config, stats: DatasetStatistics) -> np.ndarray:
+def subtracted_mean(stats: DatasetStatistics, image_size: int, mean_subtraction: str = "image") -> np.ndarray:
     """The mean the pipeline subtracts: [image_size, image_size, 3] or per-channel [3], float32.
 
     ``mean_subtraction="image"`` uses the statistics' mean image, resized to ``image_size`` when
     it was computed at another size; without a mean image the per-channel mean stands in.
+    ``"channel"`` always takes the per-channel mean.
     """
-    if config.mean_subtraction == "image" and stats.mean_image is not None:
+    if mean_subtraction == "image" and stats.mean_image is not None:
         mean = np.asarray(stats.mean_image, np.float32)
-        if mean.shape[:2] != (config.image_size, config.image_size):
+        if mean.shape[:2] != (image_size, image_size):
             # Eagerly, once per trace, even when called while a graph is being built.
             with tf.init_scope():
-                mean = _resize(tf.constant(mean), config.image_size, config.image_size).numpy()
+                mean = _resize(tf.constant(mean), image_size, image_size).numpy()
         return mean
-    if config.mean_subtraction == "image":
+    if mean_subtraction == "image":
         logging.warning(
             "The statistics (%s) have no mean image: subtracting per-channel means.", stats.source
         )
     return np.asarray(stats.mean_rgb, np.float32).reshape(3)
+
+
+def mean_to_subtract(config: Config, stats: DatasetStatistics) -> np.ndarray:
+    """``subtracted_mean`` for a run's configuration (image_size, mean_subtraction)."""
+    return subtracted_mean(stats, config.image_size, config.mean_subtraction)
 
 
 def _seed_or_random(seed: tf.Tensor | None) -> tf.Tensor:
@@ -312,87 +315,107 @@ def _seed_or_random(seed: tf.Tensor | None) -> tf.Tensor:
 # The host's half: uint8 pixels and a few values per image
 
 
-def training_draws(config: Config, stats: DatasetStatistics, seed: tf.Tensor, count: int) -> dict[str, tf.Tensor]:
+class TrainingDraws(NamedTuple):
+    """The random choices of training views (``training_draws``): one row per view.
+
+    Attributes:
+      crop: int32 [..., 2], the crop's (y, x) in the image_size square.
+      flip: bool [...], mirror the view.
+      rgb: float32 [..., 3], the PCA colour offset.
+    """
+
+    crop: tf.Tensor
+    flip: tf.Tensor
+    rgb: tf.Tensor
+
+
+def training_draws(
+    seed: tf.Tensor, count: int, image_size: int, input_size: int, stats: DatasetStatistics, pca_std: float
+) -> TrainingDraws:
     """The paper's random choices (section 4.1) for ``count`` training views, from one seed.
 
-    For each view: a uniform ``config.input_size`` crop position in the ``config.image_size``
-    square, whether to mirror it (probability FLIP_PROBABILITY) and the PCA colour offset
-    (``config.pca_std``; 0 turns it off). Drawn for many views at once, a handful of ops per
-    block instead of per image: the input pipeline draws blocks and hands one row to each record.
-    The first row is what ``train_crop`` draws for one image from the same seed.
+    For each view: a uniform ``input_size`` crop position in the ``image_size`` square, whether
+    to mirror it (probability FLIP_PROBABILITY) and the PCA colour offset (``pca_std``; 0 turns
+    it off). Drawn for many views at once, a handful of ops per block instead of per image: the
+    input pipeline draws blocks and hands one row to each record. The first row is what
+    ``train_crop`` draws for one image from the same seed.
 
     Args:
-      config: supplies input_size, image_size, pca_std.
-      stats: the training set's RGB eigen-decomposition.
       seed: int32/int64 [2], for the stateless random ops.
       count: how many views.
+      image_size: the side of the central square.
+      input_size: the side of the crop.
+      stats: the training set's RGB eigen-decomposition.
+      pca_std: the standard deviation of the colour noise's alphas (the paper's 0.1).
 
     Returns:
-      ``{CROP: int32 [count, 2], FLIP: bool [count], RGB: float32 [count, 3]}``.
+      ``TrainingDraws(crop=int32 [count, 2], flip=bool [count], rgb=float32 [count, 3])``.
     """
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 3)
-    limit = config.image_size - config.input_size + 1
-    if config.pca_std > 0:
-        rgb = pca_offset(stats.eigenvalues, stats.eigenvectors, config.pca_std, seeds[2], count)
+    limit = image_size - input_size + 1
+    if pca_std > 0:
+        rgb = pca_offset(stats.eigenvalues, stats.eigenvectors, pca_std, seeds[2], count)
     else:
         rgb = tf.zeros([count, 3])
-    return {
-        CROP: _uniform_offsets(seeds[0], tf.constant([limit, limit]), count),
-        FLIP: _flip_decision(seeds[1], count),
-        RGB: rgb,
-    }
+    return TrainingDraws(
+        crop=_uniform_offsets(seeds[0], tf.constant([limit, limit]), count),
+        flip=_flip_decision(seeds[1], count),
+        rgb=rgb,
+    )
 
 
-def decode_train_crop(encoded: tf.Tensor, config: Config, draws: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def decode_train_crop(encoded: tf.Tensor, draws: TrainingDraws, image_size: int, input_size: int) -> TrainCrop:
     """The host's half of the training view of one encoded image, given its draws.
 
     Args:
       encoded: a scalar string tensor (JPEG, PNG, ...).
-      config: supplies input_size, image_size.
-      draws: one row of ``training_draws``: ``{CROP: int32 [2], FLIP: bool [], RGB: float32 [3]}``.
+      draws: one row of ``training_draws``.
+      image_size: the side of the central square.
+      input_size: the side of the crop.
 
     Returns:
-      ``{IMAGE: uint8 [c, c, 3] (the crop, not mirrored), CROP, FLIP, RGB}``; ``DeviceFinish``
-      does the rest.
+      The crop (uint8, not mirrored) with its draws; ``device_preprocess.finish_train_crop`` does the rest.
     """
-    crop = draws[CROP]
-    image = _decode_crop_of_square(encoded, config.image_size, crop[0], crop[1], config.input_size)
-    return {IMAGE: image, CROP: crop, FLIP: draws[FLIP], RGB: draws[RGB]}
+    image = _decode_crop_of_square(encoded, image_size, draws.crop[0], draws.crop[1], input_size)
+    return TrainCrop(image=image, crop=draws.crop, flip=draws.flip, rgb=draws.rgb)
 
 
 def train_crop(
-    encoded: tf.Tensor, config: Config, stats: DatasetStatistics, seed: tf.Tensor | None = None
-) -> dict[str, tf.Tensor]:
+    encoded: tf.Tensor, image_size: int, input_size: int, stats: DatasetStatistics, pca_std: float,
+    seed: tf.Tensor | None = None,
+) -> TrainCrop:
     """The host's half of the paper's training view (section 4.1) of one encoded image.
 
     ``training_draws`` for one view, then ``decode_train_crop``.
 
     Args:
       encoded: a scalar string tensor (JPEG, PNG, ...).
-      config: supplies input_size, image_size, pca_std.
+      image_size: the side of the central square.
+      input_size: the side of the crop.
       stats: the training set's RGB eigen-decomposition.
+      pca_std: the colour noise's standard deviation (0 turns it off).
       seed: int32/int64 [2] for reproducible draws; None draws a fresh seed.
 
     Returns:
-      ``{IMAGE: uint8 [c, c, 3] (not mirrored), CROP: int32 [2], FLIP: bool [], RGB: float32 [3]}``.
+      ``TrainCrop``: uint8 [c, c, 3] (not mirrored), int32 [2], bool [], float32 [3].
     """
-    draws = training_draws(config, stats, _seed_or_random(seed), 1)
-    return decode_train_crop(encoded, config, {key: value[0] for key, value in draws.items()})
+    draws = training_draws(_seed_or_random(seed), 1, image_size, input_size, stats, pca_std)
+    return decode_train_crop(encoded, tf.nest.map_structure(lambda value: value[0], draws), image_size, input_size)
 
 
-def eval_crop(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
-    """The host's half of the centre-crop test view: ``{IMAGE: uint8 [c, c, 3], CROP: int32 [2]}``."""
-    size, crop = config.image_size, config.input_size
+def eval_crop(encoded: tf.Tensor, image_size: int, input_size: int) -> EvalCrop:
+    """The host's half of the centre-crop test view: uint8 [c, c, 3] and its offset, int32 [2]."""
+    size, crop = image_size, input_size
     offset = (size - crop) // 2
-    return {
-        IMAGE: _decode_crop_of_square(encoded, size, offset, offset, crop),
-        CROP: tf.constant([offset, offset], tf.int32),
-    }
+    return EvalCrop(
+        image=_decode_crop_of_square(encoded, size, offset, offset, crop),
+        crop=tf.constant([offset, offset], tf.int32),
+    )
 
 
-def ten_crop_square(encoded: tf.Tensor, config: Config) -> dict[str, tf.Tensor]:
-    """The host's half of the ten test patches: the central square, ``{SQUARE: uint8 [s, s, 3]}``.
+def ten_crop_square(encoded: tf.Tensor, image_size: int) -> TenCropSquare:
+    """The host's half of the ten test patches: the central square, uint8 [s, s, 3].
 
     One uint8 square is 196,608 bytes at 256, against 6.2 MB for ten float32 patches of 227.
     """
-    return {SQUARE: _decode_square(encoded, config.image_size)}
+    return TenCropSquare(square=_decode_square(encoded, image_size))

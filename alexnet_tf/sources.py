@@ -20,6 +20,7 @@ from absl import logging
 
 from alexnet_tf import data, statistics
 from alexnet_tf.config import Config, ConfigError
+from alexnet_tf.views import FloatImages
 
 SYNTHETIC_STEPS_PER_EPOCH = 50
 
@@ -108,7 +109,7 @@ def array_inputs(
 ) -> Inputs:
     """Inputs from arrays of preprocessed float images (tests, small experiments).
 
-    The images are the finished views (``device_preprocess.DeviceFinish`` passes them through unchanged).
+    The images are the finished views; the batches carry them as ``views.FloatImages``.
 
     Training batches are reshuffled each epoch (seeded by seed and epoch in deterministic mode)
     and dealt out across input pipelines by ``input_context``.
@@ -119,7 +120,7 @@ def array_inputs(
     def train(input_context: tf.distribute.InputContext, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         nonlocal num_pipelines
         num_pipelines = input_context.num_input_pipelines
-        dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels.astype(np.int32)))
+        dataset = tf.data.Dataset.from_tensor_slices((FloatImages(train_images), train_labels.astype(np.int32)))
         dataset = dataset.shard(num_pipelines, input_context.input_pipeline_id)
         # Outside deterministic mode a fresh seed: a restarted run must not replay the first epochs.
         seed = epoch_seed(config, epoch) if config.deterministic else data.pipeline_seed(config, 0, "records")
@@ -130,7 +131,7 @@ def array_inputs(
     validation = None
     if val_images is not None:
         def validation() -> tf.data.Dataset:
-            dataset = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
+            dataset = tf.data.Dataset.from_tensor_slices((FloatImages(val_images), val_labels.astype(np.int32)))
             return dataset.batch(config.batch_size)
 
     description = f"arrays of {len(train_images)} training" + (
@@ -147,7 +148,7 @@ def synthetic_inputs(config: Config) -> Inputs:
         batch = input_context.get_per_replica_batch_size(config.batch_size)
         images = tf.random.stateless_uniform([batch, size, size, 3], [config.seed, 1], -128.0, 128.0)
         labels = tf.random.stateless_uniform([batch], [config.seed, 2], 0, config.num_classes, tf.int32)
-        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+        return tf.data.Dataset.from_tensors((FloatImages(images), labels)).repeat()
 
     return Inputs(train, None, config.steps_per_epoch or SYNTHETIC_STEPS_PER_EPOCH,
                   description="random tensors (timing only: no validation, evaluation or export)")

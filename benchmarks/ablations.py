@@ -35,8 +35,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import harness
+
+harness.setup()  # before anything imports TensorFlow
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -92,8 +93,8 @@ ABLATIONS = (
 )
 BASELINE = "baseline"
 
-flags.DEFINE_string("out_dir", os.path.join(ROOT, "runs", "ablations"), "work directories and the tables")
-flags.DEFINE_string("imagenette_dir", os.path.join(ROOT, "..", "shared", "data", "imagenette"),
+flags.DEFINE_string("out_dir", os.path.join(harness.ROOT, "runs", "ablations"), "work directories and the tables")
+flags.DEFINE_string("imagenette_dir", str(harness.SHARED_DATA / "imagenette"),
                     "Imagenette JPEG folders (train/, val/); empty: download")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "baseline seeds; the ablations use the first")
 flags.DEFINE_list("only", [], f"runs to do, from {[BASELINE] + [a.name for a in ABLATIONS]}; default all")
@@ -116,7 +117,7 @@ def run(name: str, seed: int, switch_flags: tuple[str, ...], data_dir: str) -> d
     workdir = _workdir(name, seed)
     summary_path = os.path.join(workdir, SUMMARY_FILE)
     record_path = os.path.join(workdir, RUN_FILE)
-    command = [sys.executable, os.path.join(ROOT, "train.py"), f"--preset={PRESET}", f"--data_dir={data_dir}",
+    command = [sys.executable, str(harness.ROOT / "train.py"), f"--preset={PRESET}", f"--data_dir={data_dir}",
                f"--workdir={workdir}", f"--seed={seed}", *FLAGS.train_flags, *switch_flags]
     if FLAGS.epochs:
         command.append(f"--epochs={FLAGS.epochs}")
@@ -241,10 +242,10 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(FLAGS.out_dir, "ablations.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
-    print(json.dumps({"out_dir": FLAGS.out_dir, "baseline_spread": noise,
-                      "changes_points": {r["name"]: r["change_points"] for r in rows},
-                      "minutes_this_call": result["minutes_this_call"]}))
+    harness.print_figures({"out_dir": FLAGS.out_dir, "baseline_spread": noise,
+                           "changes_points": {r["name"]: r["change_points"] for r in rows},
+                           "minutes_this_call": result["minutes_this_call"]})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

@@ -20,23 +20,19 @@ allocator of its own first). The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
+from absl import flags
 
-from absl import app, flags  # noqa: E402
+from alexnet_tf import console
 
-from alexnet_tf import console  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_string("imagenette_dir", os.path.join(ROOT, "..", "shared", "data", "imagenette"),
+flags.DEFINE_string("imagenette_dir", str(harness.SHARED_DATA / "imagenette"),
                     "Imagenette JPEG folders (train/, val/).")
 flags.DEFINE_list("steps", ["10", "60"], "The short and the long run's training steps.")
 flags.DEFINE_integer("repeats", 2, "Runs of each (allocator, steps) pair.")
@@ -64,7 +60,7 @@ def _run(data_dir: str, steps: int, setting: str, workdir: str, onednn: str) -> 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--dataset=records", "--preset=imagenette",
+        [sys.executable, str(harness.ROOT / "train.py"), "--dataset=records", "--preset=imagenette",
          f"--data_dir={data_dir}", f"--steps_per_epoch={steps}", "--epochs=1", f"--workdir={workdir}"],
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -116,10 +112,9 @@ def main(argv: list[str]) -> None:
 
     ratios = {f"{onednn}_{a}_vs_{b}_images_per_cpu_second": ratio(onednn, a, b)
               for onednn in FLAGS.onednn for a, b in (("bfc", "malloc"), ("bfc_padded", "bfc"))}
-    cpuinfo = pathlib.Path("/proc/cpuinfo")
-    cpu = sorted({f for f in cpuinfo.read_text().split() if f.startswith("avx512")}) if cpuinfo.exists() else []
-    print(json.dumps({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long],
-                      "cpu_avx512": cpu, **figures, **ratios}))
+    harness.print_figures({"preset": "imagenette", "batch_size": config.batch_size, "steps": [short, long],
+                           "cpu_avx512": harness.cpu_flags(), **figures, **ratios})
+
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

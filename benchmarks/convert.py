@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
 import multiprocessing
 import os
 import resource
@@ -35,17 +34,15 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import harness
+from absl import flags
+from PIL import Image
 
-from absl import app, flags  # noqa: E402
-from PIL import Image  # noqa: E402
+from alexnet_tf import statistics
+from alexnet_tf.converter import image
+from alexnet_tf.converter.shards import statistics_accumulator
 
-from alexnet_tf import statistics  # noqa: E402
-from alexnet_tf.converter import image  # noqa: E402
-from alexnet_tf.converter.shards import statistics_accumulator  # noqa: E402
-
-flags.DEFINE_string("input", os.path.join(ROOT, "..", "shared", "data", "imagenet-sample", "train"), "Class folders.")
+flags.DEFINE_string("input", str(harness.SHARED_DATA / "imagenet-sample" / "train"), "Class folders.")
 flags.DEFINE_integer("repeats", 5, "How many times each input image is linked into the converted folder.")
 flags.DEFINE_integer("shards", 16, "Training shards per conversion.")
 flags.DEFINE_integer("rounds", 3, "Rounds; the systems alternate within each.")
@@ -200,12 +197,14 @@ def _systems(train: str) -> dict[str, object]:
 
     def project(root: str):
         cli = os.path.join(root, "data_prep", "build_tfrecords.py")
+        # Each checkout's command line imports its own package, installed or not.
         return lambda output, workers: [
-            sys.executable, cli, f"--train_directory={train}", f"--output_directory={output}",
+            "env", f"PYTHONPATH={root}", sys.executable, cli, f"--train_directory={train}",
+            f"--output_directory={output}",
             f"--train_shards={FLAGS.shards}", f"--num_workers={workers}",
         ]
 
-    systems = {"this": project(ROOT)}
+    systems = {"this": project(str(harness.ROOT))}
     if FLAGS.baseline:
         systems["baseline"] = project(os.path.abspath(FLAGS.baseline))
     for entry in FLAGS.other:
@@ -266,8 +265,8 @@ def main(argv: list[str]) -> None:
         "2w": round(summary["this_2w"]["median_images_per_second"] / limits["2_processes"], 3),
     }
     figures["load_average_at_end"] = os.getloadavg()[0]
-    print(json.dumps(figures))
+    harness.print_figures(figures)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

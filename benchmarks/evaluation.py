@@ -15,25 +15,25 @@ Prints what it measures, then one JSON object as its last line:
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags
+import harness
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+harness.setup()  # before anything imports TensorFlow
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 from alexnet_tf import device_preprocess, evaluation, export, imagenet, records  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 from alexnet_tf.model import build_from_config  # noqa: E402
 from alexnet_tf.statistics import imagenet_statistics  # noqa: E402
 
-flags.DEFINE_string("shared_data", str(pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"),
+flags.DEFINE_string("shared_data", str(harness.SHARED_DATA),
                     "The real test data (imagenet-sample/val and metadata/).")
 flags.DEFINE_integer("calls", 200, "Batch-1 serving calls timed (after warm-up).")
 flags.DEFINE_integer("batch32_calls", 8, "Batch-32 serving calls timed (after warm-up).")
@@ -149,8 +149,8 @@ def main(argv: list[str]) -> None:
         inputs = [tf.random.normal([1, config.input_size, config.input_size, 3]) for _ in range(50)]
         results["bare_network_batch1_p50_ms"] = round(_percentile_ms(_time_calls(bare, inputs), 50), 2)
         print(f"bare network, batch 1: p50 {results['bare_network_batch1_p50_ms']} ms")
-    print(json.dumps(results))
+    harness.print_figures(results)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

@@ -4,24 +4,27 @@ Prints the parameter count, the LRN layer's error against the paper's formula in
 tower convolution's difference from ``Conv2D(groups=2)`` on the full network, and training
 images/s of the full network with each, measured in one run. Last line: one JSON object.
 
-    python benchmarks/model.py [--batch 32] [--steps 6]
+    python benchmarks/model.py [--batch=32] [--steps=6]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
+
+harness.setup()  # before anything imports TensorFlow
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 from alexnet_tf import LocalResponseNormalization, PaperSGD, build_alexnet  # noqa: E402
+
+flags.DEFINE_integer("batch", 32, "Training batch size.")
+flags.DEFINE_integer("steps", 6, "Timed training steps per measurement (after one warm-up step).")
+FLAGS = flags.FLAGS
 
 
 def grouped_twin(model: keras.Model) -> keras.Model:
@@ -62,18 +65,15 @@ def train_images_per_second(model: keras.Model, batch: int, steps: int) -> float
     x = tf.random.normal((batch, 227, 227, 3), stddev=50.0)
     y = tf.random.uniform((batch,), maxval=1000, dtype=tf.int32)
     step(x, y).numpy()  # trace and warm up
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step(x, y)
-    loss.numpy()
-    return batch * steps / (time.perf_counter() - start)
+    with harness.timed() as clock:
+        for _ in range(steps):
+            loss = step(x, y)
+        loss.numpy()
+    return batch * steps / clock.seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
 
     towers = build_alexnet(seed=0)
     grouped = grouped_twin(towers)
@@ -86,8 +86,8 @@ def main() -> None:
     # Alternate the two so that load from other processes hits both alike.
     towers_ips, grouped_ips = [], []
     for _ in range(2):
-        towers_ips.append(train_images_per_second(towers, args.batch, args.steps))
-        grouped_ips.append(train_images_per_second(grouped, args.batch, args.steps))
+        towers_ips.append(train_images_per_second(towers, FLAGS.batch, FLAGS.steps))
+        grouped_ips.append(train_images_per_second(grouped, FLAGS.batch, FLAGS.steps))
     figures = {
         "parameters": towers.count_params(),
         "lrn_max_rel_error_vs_numpy": lrn_error(),
@@ -96,11 +96,11 @@ def main() -> None:
         "train_images_per_s_towers": round(max(towers_ips), 2),
         "train_images_per_s_groups2": round(max(grouped_ips), 2),
         "towers_vs_groups2": round(max(towers_ips) / max(grouped_ips), 2),
-        "batch": args.batch,
+        "batch": FLAGS.batch,
         "cores": os.cpu_count(),
     }
-    print(json.dumps(figures))
+    harness.print_figures(figures)
 
 
 if __name__ == "__main__":
-    main()
+    harness.run(main)

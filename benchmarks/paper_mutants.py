@@ -10,7 +10,7 @@ found exactly once, a test that fails on the unmutated copy, or tests that canno
 collected with the mutant applied, is an *error*, never a kill.
 
     python benchmarks/paper_mutants.py                  # every mutant
-    python benchmarks/paper_mutants.py --only pool_2x2  # one mutant
+    python benchmarks/paper_mutants.py --only=pool_2x2  # one mutant (repeat for more)
     python benchmarks/paper_mutants.py --list           # names, files and tests
     python benchmarks/paper_mutants.py --table=mutants.md
 
@@ -23,9 +23,7 @@ the data is missing (a skip would look like a surviving mutant).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -36,7 +34,14 @@ import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import harness
+from absl import flags
+
+ROOT = harness.ROOT
+flags.DEFINE_multi_string("only", None, "Run only this mutant (repeatable).")
+flags.DEFINE_bool("list", False, "List the mutants and exit.")
+flags.DEFINE_string("table", "paper_mutants.md", "Where to write the Markdown table.")
+FLAGS = flags.FLAGS
 TIMEOUT_SECONDS = 900  # per pytest run; a mutant that hangs the tests counts as killed (by timeout)
 
 
@@ -138,8 +143,8 @@ MUTANTS: list[Mutant] = [
            (P + "test_random_flip_known_answer_and_probability",),
            "training crops always mirrored"),
     Mutant("mean_image_not_mirrored", "alexnet_tf/device_preprocess.py",
-           "images = _mirror_where(tf.reshape(features[FLIP], [-1]), images)",
-           "images = _mirror_where(tf.reshape(features[FLIP], [-1]), pixels) - means",
+           "images = _mirror_where(tf.reshape(view.flip, [-1]), images)",
+           "images = _mirror_where(tf.reshape(view.flip, [-1]), pixels) - means",
            (P + "test_train_view_with_mean_image_is_a_crop_of_the_mean_subtracted_square",),
            "a flipped crop minus the unmirrored mean image"),
     Mutant("crop_last_offset_unreachable", "alexnet_tf/preprocess.py",
@@ -148,8 +153,8 @@ MUTANTS: list[Mutant] = [
            (P + "test_random_crop_always_inside_image",),
            "random crop offsets off by one (the last position never drawn)"),
     Mutant("training_crop_last_offset_unreachable", "alexnet_tf/preprocess.py",
-           "limit = config.image_size - config.input_size + 1",
-           "limit = config.image_size - config.input_size",
+           "limit = image_size - input_size + 1",
+           "limit = image_size - input_size",
            (P + "test_training_draws_in_blocks",),
            "the input pipeline's crop offsets off by one (the last position never drawn)"),
     Mutant("pca_first_component_only", "alexnet_tf/preprocess.py",
@@ -339,26 +344,22 @@ def markdown_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", help="run only this mutant (repeatable)")
-    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--table", default="paper_mutants.md", help="where to write the Markdown table")
-    args = parser.parse_args()
+def main(argv: list[str]) -> int:
+    del argv
 
     names = [m.name for m in MUTANTS]
     if len(set(names)) != len(names):
         raise SystemExit("paper_mutants.py: two mutants share a name")
-    if args.list:
+    if FLAGS.list:
         for m in MUTANTS:
             print(f"{m.name:36s} {m.path:26s} {' '.join(m.tests)}{'  (' + m.note + ')' if m.note else ''}")
         return 0
     selected = MUTANTS
-    if args.only:
-        unknown = sorted(set(args.only) - set(names))
+    if FLAGS.only:
+        unknown = sorted(set(FLAGS.only) - set(names))
         if unknown:
             raise SystemExit(f"--only: unknown mutant(s) {unknown}; see --list")
-        selected = [m for m in MUTANTS if m.name in args.only]
+        selected = [m for m in MUTANTS if m.name in FLAGS.only]
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="paper_mutants_") as temporary:
@@ -379,18 +380,18 @@ def main() -> int:
             print(f"{outcome.status:8s} {mutant.name:36s} {outcome.seconds:5.0f} s  {outcome.by}", flush=True)
 
     table = markdown_table(outcomes)
-    pathlib.Path(args.table).write_text(table, encoding="utf-8")
+    pathlib.Path(FLAGS.table).write_text(table, encoding="utf-8")
     print()
     print(table)
-    print(f"({time.perf_counter() - start:.0f} s in all; table written to {args.table})")
-    print(json.dumps({
+    print(f"({time.perf_counter() - start:.0f} s in all; table written to {FLAGS.table})")
+    harness.print_figures({
         "mutants": len(outcomes),
         "killed": sum(o.status == "killed" for o in outcomes),
         "survived": [o.mutant.name for o in outcomes if o.status == "survived"],
         "errors": [o.mutant.name for o in outcomes if o.status == "error"],
-    }))
+    })
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.run(main)

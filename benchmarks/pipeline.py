@@ -21,31 +21,26 @@ CPU-second, peak memory.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_tf import console  # noqa: E402
+import harness
 
 # The allocator train.py gives the pipeline it feeds; set before TensorFlow is imported.
-console.reuse_cpu_memory()
+harness.setup(reuse_cpu_memory=True)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from alexnet_tf import converter, data, preprocess, records, statistics  # noqa: E402
 from alexnet_tf.config import get_config  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string(
     "source",
-    os.path.join(ROOT, "..", "shared", "data", "imagenet-sample", "train"),
+    str(harness.SHARED_DATA / "imagenet-sample" / "train"),
     "Training images in <wnid>/ folders.",
 )
 flags.DEFINE_string("work_dir", None, "Where the shards go (default: a temporary directory).")
@@ -93,7 +88,7 @@ def _square_only(pattern: str, num_images: int, stats: statistics.DatasetStatist
         deterministic=False,
     )
     dataset = dataset.map(
-        lambda r: (preprocess.ten_crop_square(records.parse_example(r)["encoded"], config)[preprocess.SQUARE][0, 0], 0),
+        lambda r: (preprocess.ten_crop_square(records.parse_example(r)["encoded"], config.image_size).square[0, 0], 0),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )
@@ -217,8 +212,8 @@ def main(argv: list[str]) -> None:
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
     }
-    print(json.dumps(figures, sort_keys=True))
+    harness.print_figures(figures, sort_keys=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

@@ -16,22 +16,14 @@ that gives for ImageNet's 1,281,167 training images at 90 % of an epoch.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import shutil
-import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
+from absl import flags
 
-from absl import app, flags  # noqa: E402
-
-from alexnet_tf import console  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-flags.DEFINE_string("sample_dir", str(ROOT.parent / "shared" / "data" / "imagenet-sample" / "train"),
+flags.DEFINE_string("sample_dir", str(harness.SHARED_DATA / "imagenet-sample" / "train"),
                     "ImageNet training JPEGs in <wnid>/ folders.")
 flags.DEFINE_integer("copies", 5, "How many times the converted shards are repeated.")
 flags.DEFINE_list("fractions", ["0", "0.5", "0.9"], "Where in the epoch the run resumes.")
@@ -47,14 +39,14 @@ def _first_batch_seconds(data_dir: str, config, skip_batches: int) -> float:
     from alexnet_tf import sources
 
     inputs = sources.record_inputs(config, data_dir)
-    start = time.perf_counter()
-    next(iter(inputs.train(tf.distribute.InputContext(), 0, skip_batches)))
-    return time.perf_counter() - start
+    with harness.timed() as clock:
+        next(iter(inputs.train(tf.distribute.InputContext(), 0, skip_batches)))
+    return clock.seconds
 
 
 def main(argv: list[str]) -> None:
     del argv
-    console.quiet_tensorflow()
+    harness.setup()
     import tensorflow as tf
 
     from alexnet_tf import converter
@@ -94,12 +86,12 @@ def main(argv: list[str]) -> None:
     low, high = fractions[0], fractions[-1]
     per_record = {storage: (values[str(high)] - values[str(low)]) / ((high - low) * steps * 128)
                   for storage, values in figures.items()}
-    print(json.dumps({"records": num_records, "shuffle_buffer": FLAGS.shuffle_buffer, "shard_bytes": size,
-                      "first_batch_seconds": figures,
-                      "seconds_per_skipped_record": {k: round(v, 7) for k, v in per_record.items()},
-                      "imagenet_90_percent_seconds_estimate": {
-                          k: round(v * 0.9 * IMAGENET_TRAIN_IMAGES) for k, v in per_record.items()}}))
+    harness.print_figures({"records": num_records, "shuffle_buffer": FLAGS.shuffle_buffer, "shard_bytes": size,
+                           "first_batch_seconds": figures,
+                           "seconds_per_skipped_record": {k: round(v, 7) for k, v in per_record.items()},
+                           "imagenet_90_percent_seconds_estimate": {
+                               k: round(v * 0.9 * IMAGENET_TRAIN_IMAGES) for k, v in per_record.items()}})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

@@ -48,14 +48,12 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor, TimeoutError
 
+import harness
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-flags.DEFINE_string("shared_data", str(ROOT.parent / "shared" / "data"), "The real test data (imagenet-sample/).")
+flags.DEFINE_string("shared_data", str(harness.SHARED_DATA), "The real test data (imagenet-sample/).")
 flags.DEFINE_integer("threads", 4, "Load test: concurrent callers.")
 flags.DEFINE_integer("requests", 200, "Load test: requests per caller.")
 flags.DEFINE_integer("timeout", 1800, "Load test: seconds a caller may take for all its requests.")
@@ -517,8 +515,8 @@ def main(argv: list[str]) -> None:
                   f"(resident {memory['start']['VmRSS']} -> {memory['end']['VmRSS']} MiB)")
             results[f"{precision}_load"] = load
         results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    print(json.dumps(results))
+    harness.print_figures(results)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

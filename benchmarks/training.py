@@ -49,18 +49,13 @@ The last line is one JSON object of all figures.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_tf import console  # noqa: E402
+import harness
 
 # The memory settings train.py runs with; set before TensorFlow is imported.
-console.reuse_cpu_memory()
+harness.setup(reuse_cpu_memory=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -350,8 +345,8 @@ def main(argv):
         figures["xla"] = xla_vs_graph()
     if "throughput" in FLAGS.parts:
         figures.update(throughput())
-    print(json.dumps(figures))
+    harness.print_figures(figures)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    harness.run(main)

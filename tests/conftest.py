@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 from collections.abc import Callable
 
 import pytest
-from converted import IMAGENETTE, DrawnSet, RealSet, convert_drawn, convert_real
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def require_shared_data(path: pathlib.Path = SHARED_DATA) -> pathlib.Path:
-    """``path`` when it holds the shared test data; otherwise a skip, or a failure under CI.
-
-    A skip on a developer's machine says what is missing. In CI (the ``CI`` environment variable
-    set, as every CI service does) missing data is a broken setup, and a skip would let the
-    tests that check the paper on real images pass without running, so the test fails instead.
-    """
-    if (path / "README.md").exists():
-        return path
-    message = f"real test data not found at {path} (see README.md: ../shared/data)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI is set, so this is a failure, not a skip", pytrace=False)
-    pytest.skip(message)
+from tests.support import require_shared_data
+from tests.support.converted import IMAGENETTE, DrawnSet, RealSet, convert_drawn, convert_real
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +21,7 @@ def shared_data() -> pathlib.Path:
 def converted(tmp_path_factory) -> Callable[[DrawnSet | RealSet], pathlib.Path]:
     """Shards written by the real converter: ``converted(spec)`` is the records directory of ``spec``.
 
-    Every distinct set (``tests/converted.py``) is drawn or linked and converted once per session,
+    Every distinct set (``tests/support/converted.py``) is drawn or linked and converted once per session,
     in a directory of its own; tests share it, so a test that changes files works on a copy
     (``converted.copy_shards``). A ``RealSet`` needs ``../shared/data`` (see ``shared_data``).
     """
@@ -58,8 +41,8 @@ def converted(tmp_path_factory) -> Callable[[DrawnSet | RealSet], pathlib.Path]:
 
 @pytest.fixture(scope="session")
 def tiny_run(converted):
-    """A scaled-down AlexNet trained on a few converted Imagenette images (``tests/eval_helpers.py``)."""
-    from eval_helpers import train_tiny_run
+    """A scaled-down AlexNet trained on a few converted Imagenette images (``tests/support/eval_helpers.py``)."""
+    from tests.support.eval_helpers import train_tiny_run
 
     return train_tiny_run(converted(IMAGENETTE))
 

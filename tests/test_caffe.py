@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-from caffe_reference import (
+
+from alexnet_tf import caffe, load_reference_weights, reports
+from alexnet_tf.layers import LocalResponseNormalization
+from tests.support import ROOT, run_python
+from tests.support.caffe_reference import (
     CAFFE,
     random_images,
     random_weights,
@@ -25,12 +27,8 @@ from caffe_reference import (
     write_caffemodel,
     write_npy,
 )
-from caffe_reference import caffe_forward as numpy_caffe_forward
-from conftest import ROOT
-from converted import ASSORTED
-
-from alexnet_tf import caffe, load_reference_weights, reports
-from alexnet_tf.layers import LocalResponseNormalization
+from tests.support.caffe_reference import caffe_forward as numpy_caffe_forward
+from tests.support.converted import ASSORTED
 
 # Keras layer -> Caffe blob, in the order the network computes them.
 BLOBS = {"conv1": "conv1", "lrn1": "norm1", "pool1": "pool1", "conv2": "conv2", "lrn2": "norm2",
@@ -326,15 +324,15 @@ def test_evaluate_py_runs_the_reference_weights(weight_files, converted, tmp_pat
     mean = tmp_path / "imagenet_mean.binaryproto"
     write_binaryproto_mean(str(mean), np.full((3, 256, 256), 110.0, np.float32))
     report_dir = tmp_path / "report"
-    command = [sys.executable, str(ROOT / "evaluate.py"), f"--weights={weight_files['legacy.caffemodel']}",
+    command = [str(ROOT / "evaluate.py"), f"--weights={weight_files['legacy.caffemodel']}",
                f"--data_dir={converted(ASSORTED)}", f"--mean_file={mean}", f"--report_dir={report_dir}",
                "--noten_crop", "--batch_size=8"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = run_python(command, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Caffe's conventions: LRN k=1, alpha=0.0001/5" in result.stderr
     report = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert report["num_classes"] == 1000 and report["statistics"] == str(mean)
     assert 0.0 <= report["center_crop"]["top1_error"] <= 1.0
-    usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--mean_file={mean}", "--saved_model=x"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    usage = run_python([str(ROOT / "evaluate.py"), f"--mean_file={mean}", "--saved_model=x"],
+                       timeout=300, cwd=tmp_path)
     assert usage.returncode != 0 and "--mean_file is Caffe's mean image: it goes with --weights" in usage.stderr

@@ -11,29 +11,26 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from converted import SHAPES
 
 from alexnet_tf import cli
+from tests.support import ROOT, python_env, run_python, start_python
+from tests.support.converted import SHAPES
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRAIN, EVALUATE, CONVERT = "train.py", "evaluate.py", "data_prep/build_tfrecords.py"
 # absl's prefix: level, date, time, thread, file:line.
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ ([\w.]+\.py):\d+\] ")
 OUR_FILES = {path.name for path in (*ROOT.glob("*.py"), *ROOT.glob("alexnet_tf/**/*.py"), *ROOT.glob("data_prep/*.py"))}
 
 
-def _env(**settings: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    return {**env, **settings}
+def _env() -> dict[str, str]:
+    return python_env(drop=["TF_CPP_MIN_LOG_LEVEL"])
 
 
 def _run(script: str, *args: str, cwd: pathlib.Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python([ROOT / script, *args], cwd=cwd, env=_env(), timeout=timeout)
 
 
 # (script, arguments, what the one line must say). Each ends with status 2 before any work.
@@ -89,10 +86,9 @@ def test_sigterm_exits_75_and_the_same_command_resumes_on_a_quiet_console(conver
     """A preempted run says "resume me" (75); the same command, again, finishes (0). No TensorFlow chatter."""
     data_dir = converted(SHAPES)
     workdir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / TRAIN), f"--data_dir={data_dir}", "--preset=tiny", f"--workdir={workdir}",
+    command = [ROOT / TRAIN, f"--data_dir={data_dir}", "--preset=tiny", f"--workdir={workdir}",
                "--epochs=1", "--steps_per_loop=1", "--checkpoint_every_steps=2"]
-    process = subprocess.Popen([*command, "--steps_per_epoch=100000"], cwd=tmp_path, env=_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_python([*command, "--steps_per_epoch=100000"], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list((workdir / "checkpoints").glob("ckpt-*.index")):
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -104,8 +100,7 @@ def test_sigterm_exits_75_and_the_same_command_resumes_on_a_quiet_console(conver
     assert "SIGTERM" in stopped and f"--workdir={workdir}" in stopped
     assert not (workdir / "summary.json").exists()
     # The same command again (the epoch shortened so that it ends here): resumes and finishes.
-    resumed = subprocess.run([*command, "--steps_per_epoch=2"], cwd=tmp_path, env=_env(), capture_output=True,
-                             text=True, timeout=300)
+    resumed = run_python([*command, "--steps_per_epoch=2"], cwd=tmp_path, env=_env(), timeout=300)
     assert resumed.returncode == cli.OK, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
     assert json.loads((workdir / "summary.json").read_text())["epochs_completed"] == 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 import uuid
 
@@ -21,7 +19,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from converted import SHAPES
 
 from alexnet_tf import (
     converter,
@@ -38,8 +35,9 @@ from alexnet_tf import (
 )
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.config import get_config
+from tests.support import ROOT, run_python
+from tests.support.converted import SHAPES
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Figures of a report that are measured, not computed: they differ between any two runs.
 TIMINGS = ("seconds", "images_per_second", "ten_crop_vs_centre_cost")
 
@@ -157,7 +155,7 @@ found = [paths.check_supported(directory), paths.read_json(os.path.join(director
 paths.exists("ram://nothing/here")
 print(json.dumps(found + ["tensorflow" in sys.modules]))
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_python(["-c", script], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(tmp_path / "d"), [1], True, False, True]
 
@@ -230,8 +228,8 @@ def test_unsupported_work_and_data_directories_fail_before_any_work(shapes_recor
 
 
 def test_the_command_line_refuses_an_unsupported_work_directory(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--workdir=s3://bucket/run"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = run_python([str(ROOT / "train.py"), "--workdir=s3://bucket/run"], cwd=tmp_path,
+                        timeout=300)
     assert result.returncode != 0
     assert "--workdir=s3://bucket/run" in result.stderr and "tensorflow-io" in result.stderr
     assert not os.listdir(tmp_path)

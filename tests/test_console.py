@@ -7,18 +7,16 @@ Each case runs in a fresh interpreter: TensorFlow reads the level once, when it 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from alexnet_tf import console
+from tests.support import ROOT, python_env, run_python
 
 pytestmark = pytest.mark.onednn  # CI runs these again with TF_ENABLE_ONEDNN_OPTS flipped
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PROBE = """
 import json, logging, os, sys
@@ -38,12 +36,10 @@ print(json.dumps({"tf_before": before, "level": level, "python_level": python_le
 
 def _run_probe(script: str, variable: str, user_value: str | None) -> dict:
     """Runs ``script`` in a fresh interpreter with ``variable`` unset or set to ``user_value``; its last JSON line."""
-    env = {key: value for key, value in os.environ.items() if key != variable}
+    env = python_env(drop=[variable])
     if user_value is not None:
         env[variable] = user_value
-    env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = run_python(["-c", script], env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -67,11 +63,21 @@ def test_the_users_level_is_kept(level):
     assert found["python_level"] == 0  # untouched
 
 
+COMMANDS = {"train.py": "train", "evaluate.py": "evaluate", "data_prep/build_tfrecords.py": "build_tfrecords"}
+
+
 def test_every_command_line_quiets_tensorflow_before_importing_it():
-    for script in ("train.py", "evaluate.py", "data_prep/build_tfrecords.py"):
-        text = (ROOT / script).read_text()
-        assert text.index("console.quiet_tensorflow()") < text.index("from absl import"), script
-        assert "TF_CPP_MIN_LOG_LEVEL" not in text, f"{script} sets the level itself instead of using console"
+    for script, app in COMMANDS.items():
+        # The entry script imports its command's module and nothing else that could load TensorFlow.
+        entry = (ROOT / script).read_text()
+        assert f"from alexnet_tf.apps import {app}\n" in entry and "sys.path" not in entry, script
+        assert [line.strip() for line in entry.splitlines() if line.strip().startswith(("import ", "from "))] == [
+            *(["import sys"] if script.startswith("data_prep") else []), f"from alexnet_tf.apps import {app}"], script
+        text = (ROOT / "alexnet_tf" / "apps" / f"{app}.py").read_text()
+        assert text.index("console.quiet_tensorflow()") < text.index("from absl import"), app
+        assert "TF_CPP_MIN_LOG_LEVEL" not in text, f"{app} sets the level itself instead of using console"
+    package = (ROOT / "alexnet_tf" / "apps" / "__init__.py").read_text()
+    assert not [line for line in package.splitlines() if line.startswith(("import ", "from "))]  # imports nothing
 
 
 FAULTS_PROBE = """
@@ -109,9 +115,9 @@ def test_memory_is_reused_from_call_to_call_and_the_users_choice_is_kept():
 
 
 def test_training_and_evaluation_choose_the_allocator_before_importing_tensorflow():
-    for script in ("train.py", "evaluate.py"):
-        text = (ROOT / script).read_text()
-        assert text.index("console.reuse_cpu_memory()") < text.index("from absl import"), script
+    for app in ("train", "evaluate"):
+        text = (ROOT / "alexnet_tf" / "apps" / f"{app}.py").read_text()
+        assert text.index("console.reuse_cpu_memory()") < text.index("from absl import"), app
 
 
 HEAP_PROBE = """
@@ -200,13 +206,11 @@ os.write(2, b"a partial line")
 
 
 def _filtered(ending: str, level: str | None = None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != console.LOG_LEVEL_VARIABLE}
+    env = python_env(drop=[console.LOG_LEVEL_VARIABLE])
     if level is not None:
         env[console.LOG_LEVEL_VARIABLE] = level
-    env["PYTHONPATH"] = str(ROOT)
     script = FILTER_PROBE.format(lines=[*STARTUP_LINES, *REAL_LINES], ending=ending)
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return run_python(["-c", script], env=env, timeout=120)
 
 
 @pytest.mark.parametrize("ending", ["import tensorflow", "os.abort()"], ids=["exit", "abort"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import converter_helpers as h
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +9,7 @@ from PIL import Image
 
 from alexnet_tf import converter
 from alexnet_tf.converter.image import STATISTICS_GRID
+from tests.support import converter_helpers as h
 
 
 def test_convert_image_recognises_every_kind_by_content():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import converter_helpers as h
 import pytest
 
 from alexnet_tf import converter
+from tests.support import converter_helpers as h
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import converter_helpers as h
 import pytest
 
 from alexnet_tf import converter, reports, statistics
 from alexnet_tf.converter.image import STATISTICS_METHOD
 from alexnet_tf.converter.manifest import MixedStatisticsError
+from tests.support import converter_helpers as h
 
 
 def test_job_array_tasks_write_disjoint_shards_and_merge(tmp_path):

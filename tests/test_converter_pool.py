@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 
-import converter_helpers as h
-
 from alexnet_tf import converter
 from alexnet_tf.converter.pool import ProgressCounts, Tally, run_jobs
 from alexnet_tf.converter.run import ConvertArguments, list_inputs, load_classes, plan_jobs
+from tests.support import converter_helpers as h
+from tests.support import converter_probe
 
 
 def test_progress_bar_shows_rate_and_eta():
@@ -60,27 +60,9 @@ def test_run_jobs_in_process_yields_every_result_and_times_the_work(caplog):
     assert lines and " 21/21 " in lines[-1] and "100.0%" in lines[-1]
 
 
-_PROBE = '''
-import os
-import sys
-
-from alexnet_tf.converter import shards
-
-
-def probe(job, count):
-    """A shard written in a worker, and the TensorFlow modules that worker has loaded."""
-    result = shards.convert_shard(job, count)
-    return os.getpid(), result.part.records, sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
-'''
-
-
-def test_workers_write_shards_without_importing_tensorflow(tmp_path, monkeypatch):
+def test_workers_write_shards_without_importing_tensorflow(tmp_path):
     """A worker process converts a shard and still has no ``tensorflow`` in ``sys.modules``."""
     train = h.odd_dataset(tmp_path)
-    (tmp_path / "converter_probe.py").write_text(_PROBE)
-    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned workers start with this process's sys.path
-    import converter_probe
-
     arguments = ConvertArguments(
         train_directory=str(train), validation_directory=None, output_directory=str(tmp_path / "out"),
         validation_labels_file=None, train_shards=2, validation_shards=1, num_workers=2, resize=None,

@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
-import converter_helpers as h
 import numpy as np
 import pytest
 
 from alexnet_tf import converter, records, statistics
+from tests.support import ROOT, python_env, run_python, start_python
+from tests.support import converter_helpers as h
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLI = ROOT / "data_prep" / "build_tfrecords.py"
 
 
@@ -176,13 +174,10 @@ def test_input_errors_are_found_before_any_work(shared_data, tmp_path):
 
 
 def _run_cli(*args: str, log_level: str | None = "3", python: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env = python_env(drop=["TF_CPP_MIN_LOG_LEVEL"])
     if log_level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = log_level
-    return subprocess.Popen(
-        [sys.executable, *python, str(CLI), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_python([*python, CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow  # three TensorFlow start-ups (CLI, two workers) and a re-run: ~20 s on 2 cores
@@ -204,11 +199,11 @@ def test_cli_kill_9_then_rerun_gives_identical_output(shared_data, tmp_path):
             break
         time.sleep(0.005)
     process.wait()
-    assert killed_mid_shard, process.stderr.read().decode()[-2000:]
+    assert killed_mid_shard, process.stderr.read()[-2000:]
     assert not (out / converter.MANIFEST_FILE).exists()
     time.sleep(0.5)  # the workers die with their parent (PR_SET_PDEATHSIG)
     rerun = _run_cli(*args, f"--output_directory={out}", "--num_workers=1")
-    assert rerun.wait(timeout=120) == 0, rerun.stderr.read().decode()[-2000:]
+    assert rerun.wait(timeout=120) == 0, rerun.stderr.read()[-2000:]
     assert h.shards(out) == h.shards(tmp_path / "ref")
     assert not list(out.glob("*.tmp-*"))
     for name in (converter.MANIFEST_FILE, statistics.STATISTICS_FILE, statistics.MEAN_IMAGE_FILE):
@@ -226,10 +221,10 @@ def test_cli_exit_status_counts_rejects_and_the_console_is_quiet(tmp_path):
     # ... unless the user chose a level: 0 shows them all (a ram:// output loads TensorFlow at once).
     bad = _run_cli("--train_directory=/nonexistent", "--output_directory=ram://cli/b", log_level="0")
     assert failing.wait(timeout=120) == 1
-    quiet = failing.stderr.read().decode()
+    quiet = failing.stderr.read()
     assert "4 files rejected" in quiet
     assert bad.wait(timeout=120) == 2
-    loud = bad.stderr.read().decode()
+    loud = bad.stderr.read()
     assert "/nonexistent" in loud
     assert json.loads((tmp_path / "a" / converter.SUMMARY_FILE).read_text())["rejected"] == 4
     # TensorFlow's C++ INFO lines, but for cudart_stub's, which ignores the level (upstream bug).
@@ -253,7 +248,7 @@ def test_a_local_conversion_never_imports_tensorflow(tmp_path):
     out = tmp_path / "out"
     process = _run_cli(f"--train_directory={train}", f"--output_directory={out}", "--train_shards=2",
                        "--num_workers=2", "--max_rejects=10", log_level="0", python=("-X", "importtime"))
-    stderr = process.communicate(timeout=120)[1].decode()  # read as it comes: the log outgrows a pipe
+    stderr = process.communicate(timeout=120)[1]  # read as it comes: the log outgrows a pipe
     assert process.returncode == 0, stderr[-2000:]
     imported = re.findall(r"^import time: +\d+ \| +\d+ \| +(\S+)$", stderr, re.MULTILINE)
     assert imported.count("alexnet_tf.converter.shards") == 3, stderr[-2000:]  # the command line and 2 workers
@@ -281,7 +276,7 @@ loaded = sorted(name for name in sys.modules if name.startswith("tensorflow"))
 children = [pid for task in glob.glob(f"/proc/{{os.getpid()}}/task/*/children") for pid in open(task).read().split()]
 print(json.dumps({{"written": summary["written"], "loaded": loaded, "children": children}}))
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_python(["-c", script], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"written": 14, "loaded": [], "children": []}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pathlib
 
-import converter_helpers as h
 import tensorflow as tf
 
 from alexnet_tf import converter
 from alexnet_tf.converter.shards import ShardItem, ShardJob, ShardPart, convert_shard, fingerprint
+from tests.support import converter_helpers as h
 
 
 def test_resume_skips_verified_shards_and_redoes_damaged_ones(tmp_path):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import converter_helpers as h
 import pytest
 
 from alexnet_tf import converter
+from tests.support import converter_helpers as h
 
 
 def test_verify_passes_intact_shards_and_names_damaged_ones(tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +11,8 @@ from PIL import Image
 from alexnet_tf import curves
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.reports import REPORT_MD, write_report
+from tests.support import ROOT, run_python
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4  # per epoch
 RATES = {1: 0.01, 2: 0.01, 3: 0.001, 4: 0.001, 5: 0.0001, 6: 0.0001}  # epoch -> learning rate
 
@@ -137,8 +134,8 @@ def test_evaluate_py_curves_draws_from_the_logs_alone(tmp_path):
     """``evaluate.py --curves --checkpoint=WORKDIR``: the picture, with no model or data needed."""
     workdir = tmp_path / "run"
     _log(str(workdir), range(1, 4))
-    command = [sys.executable, str(ROOT / "evaluate.py"), "--curves", f"--checkpoint={workdir}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    command = [str(ROOT / "evaluate.py"), "--curves", f"--checkpoint={workdir}"]
+    result = run_python(command, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(workdir / curves.CURVES_FILE) as image:
         assert image.size == curves.PIXELS

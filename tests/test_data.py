@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
-from alexnet_tf import data, device_preprocess, preprocess, records, sources
+from alexnet_tf import data, device_preprocess, records, sources, views
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import imagenet_statistics, load_statistics
+from tests.support import run_python
+from tests.support.converted import ASSORTED, IMAGENETTE, StoredRecord, copy_shards, read_records
 
 NUM_IMAGES = len(ASSORTED.train_labels)  # labels 0..23, one per image
 
@@ -42,7 +41,7 @@ def _labels(dataset) -> list[int]:
 
 
 def _arrays(features) -> dict[str, np.ndarray]:
-    return {key: value.numpy() for key, value in features.items()}
+    return {key: value.numpy() for key, value in features._asdict().items()}
 
 
 def test_file_pattern(shards, tmp_path):
@@ -73,7 +72,8 @@ def test_eval_reads_every_record_once_in_order(shards, config, stored):
     dataset = data.make_dataset(data.file_pattern(str(shards), "train"), False, config, stats=stats)
     features = next(iter(dataset))[0]
     # The host sends the uint8 centre crops; the mean is the device's.
-    assert features[preprocess.IMAGE].dtype == tf.uint8 and features[preprocess.IMAGE].shape == (4, 67, 67, 3)
+    assert isinstance(features, views.EvalCrop)
+    assert features.image.dtype == tf.uint8 and features.image.shape == (4, 67, 67, 3)
     batches = list(data.finish_on_host(dataset, config, stats))
     assert [b[0].shape[0] for b in batches] == [4] * 6
     # Every label once (one image per class), in the order the shards hold the records.
@@ -97,7 +97,8 @@ def test_eval_ten_crop(shards, config):
         data.file_pattern(str(shards), "validation"), False, config, stats=stats, ten_crop=True
     )
     # The host sends each image's uint8 square once; the device cuts the ten patches.
-    assert next(iter(dataset))[0][preprocess.SQUARE].shape == (4, 76, 76, 3)
+    square = next(iter(dataset))[0]
+    assert isinstance(square, views.TenCropSquare) and square.square.shape == (4, 76, 76, 3)
     images, labels = next(iter(data.finish_on_host(dataset, config, stats)))
     assert images.shape == (4, 10, 67, 67, 3) and labels.shape == (4,)
     # The first four records of validation shard 0: each row is the ten patches of that image.
@@ -121,11 +122,12 @@ def test_train_batches_shuffled_and_dropping_remainder(shards, config):
     batches = list(dataset)
     assert len(batches) == 4  # 24 records, batches of 5, the short one dropped
     for features, labels in batches:
-        images = features[preprocess.IMAGE]
+        assert isinstance(features, views.TrainCrop)
+        images = features.image
         assert images.shape == (5, 67, 67, 3) and images.dtype == tf.uint8 and labels.dtype == tf.int32
-        assert features[preprocess.CROP].shape == (5, 2) and features[preprocess.FLIP].dtype == tf.bool
-        assert np.all((features[preprocess.CROP].numpy() >= 0) & (features[preprocess.CROP].numpy() <= 76 - 67))
-        assert features[preprocess.RGB].shape == (5, 3) and features[preprocess.RGB].dtype == tf.float32
+        assert features.crop.shape == (5, 2) and features.flip.dtype == tf.bool
+        assert np.all((features.crop.numpy() >= 0) & (features.crop.numpy() <= 76 - 67))
+        assert features.rgb.shape == (5, 3) and features.rgb.dtype == tf.float32
     labels = _labels(batches)
     assert len(set(labels)) == 20 and set(labels) <= set(range(NUM_IMAGES))
     # Repeating (the training default) goes past one epoch.
@@ -145,8 +147,7 @@ def test_deterministic_mode_repeats_exactly(shards, config):
         for key in x1:
             np.testing.assert_array_equal(x1[key], x2[key])
     other = run(deterministic.replace(seed=4))
-    image = preprocess.IMAGE
-    assert any(not np.array_equal(a[0][image], b[0][image]) for a, b in zip(first, other, strict=True))
+    assert any(not np.array_equal(a[0]["image"], b[0]["image"]) for a, b in zip(first, other, strict=True))
     # Two epochs are not copies of each other (fresh file order, shuffle and augmentation).
     labels = np.concatenate([y for _, y in first])
     assert not np.array_equal(labels[:24], labels[24:48])
@@ -224,14 +225,14 @@ def test_statistics_beside_the_shards_are_used(shards, config, stored, tmp_path)
     )
     # The host draws the colour noise from the eigen-decomposition beside the shards: none here.
     features, _ = next(iter(data.make_dataset(pattern, True, config.replace(pca_std=0.1))))
-    np.testing.assert_array_equal(features[preprocess.RGB].numpy(), 0.0)
+    np.testing.assert_array_equal(features.rgb.numpy(), 0.0)
 
 
 def test_real_jpegs_through_the_pipeline(converted):
     real = converted(IMAGENETTE)  # Imagenette photographs, converted
     config = get_config("paper", batch_size=4, shuffle_buffer=16)
     features, labels = next(iter(data.make_dataset(data.file_pattern(str(real), "train"), True, config)))
-    assert features[preprocess.IMAGE].shape == (4, 227, 227, 3) and labels.shape == (4,)
+    assert features.image.shape == (4, 227, 227, 3) and labels.shape == (4,)
     images = device_preprocess.DeviceFinish(config, load_statistics(str(real)))(features)
     # Mean-subtracted raw pixels: centred near 0, on the 0-255 scale.
     assert -128 < float(tf.reduce_mean(images)) < 128 and float(tf.reduce_max(images)) > 50
@@ -251,7 +252,7 @@ def test_reads_shards_built_by_the_converter(converted, shared_data):
     pattern = data.file_pattern(str(real), "validation")
     evaluated = list(data.make_dataset(pattern, False, config))
     assert _labels(evaluated) == [r.label for r in stored]
-    assert evaluated[0][0][preprocess.IMAGE].shape == (2, 227, 227, 3)
+    assert evaluated[0][0].image.shape == (2, 227, 227, 3)
     trained = list(data.make_dataset(pattern, True, config, repeat=False))
     assert sorted(_labels(trained)) == expected
 
@@ -290,14 +291,13 @@ names = [f"train-{i:05d}-of-00032" for i in range(32)]
 files = data.shuffle_files(tf.data.Dataset.from_tensor_slices(names), len(names), config, 0).repeat(2)
 order = [name.decode() for name in files.as_numpy_iterator()]
 draws = next(iter(data.augmentation_draws(config, imagenet_statistics(), 0).batch(16)))
-print(json.dumps({"passes": [order[:32], order[32:]], "draws": {k: v.numpy().tolist() for k, v in draws.items()}}))
+draws = {k: v.numpy().tolist() for k, v in draws._asdict().items()}
+print(json.dumps({"passes": [order[:32], order[32:]], "draws": draws}))
 """
 
 
 def _start(deterministic: bool, epoch: int = 0) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
-    result = subprocess.run([sys.executable, "-c", RESTART_PROBE, str(int(deterministic)), str(epoch)], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = run_python(["-c", RESTART_PROBE, int(deterministic), epoch], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -309,7 +309,7 @@ def test_a_restarted_run_draws_new_file_orders_and_augmentation():
     epoch_3 = restarted["passes"][0]
     assert sorted(epoch_3) == sorted(epoch_1) and epoch_1 != epoch_2
     assert epoch_3 != epoch_1 and epoch_3 != epoch_2
-    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
+    for key in ("crop", "flip", "rgb"):
         assert restarted["draws"][key] != first_run["draws"][key], key
 
 
@@ -317,5 +317,5 @@ def test_deterministic_orders_and_draws_are_a_function_of_seed_and_epoch():
     epoch_0, again, epoch_2 = _start(True, 0), _start(True, 0), _start(True, 2)
     assert epoch_0 == again
     assert epoch_2["passes"][0] != epoch_0["passes"][0]
-    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
+    for key in ("crop", "flip", "rgb"):
         assert epoch_2["draws"][key] != epoch_0["draws"][key], key

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from eval_helpers import ROOT
 
 from alexnet_tf import device_preprocess, evaluation, export, records, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.model import build_from_config
+from tests.support import ROOT, run_python
 
 
 @pytest.fixture(scope="module")
@@ -216,18 +214,18 @@ def test_evaluate_cli(shared_data, run, tmp_path):
     (workdir / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
     run.model.save(workdir / workdir_lib.MODEL_FILE)
     report_dir = tmp_path / "report"
-    command = [sys.executable, str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+    command = [str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
                f"--report_dir={report_dir}", f"--synsets={shared_data / 'metadata' / 'imagenette_synsets.txt'}",
                "--figures", "--figure_train_images=32"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = run_python(command, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((report_dir / reports.REPORT_JSON).read_text())
     assert set(saved) >= {"center_crop", "ten_crop"}
     assert "tench, Tinca tinca" in (report_dir / reports.REPORT_MD).read_text()
     assert sorted(p.name for p in (report_dir / "figures").iterdir()) == [
         "figure3_conv1_kernels.png", "figure4_neighbours.png", "figure4_predictions.png"]
-    usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    usage = run_python([str(ROOT / "evaluate.py"), f"--data_dir={run.data_dir}"],
+                       timeout=300, cwd=tmp_path)
     assert usage.returncode != 0 and "exactly one of --checkpoint and --saved_model" in usage.stderr
 
 

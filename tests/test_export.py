@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import pathlib
 import struct
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from PIL import Image
 
 from alexnet_tf import device_preprocess, export
 from alexnet_tf import workdir as workdir_lib
+from tests.support import ROOT, run_python
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
@@ -163,8 +163,8 @@ def _serve_in_a_fresh_process(export_dir: str, requests: list[list[bytes]], tmp_
     """The answers of ``serving_default`` to each request, from a process that imports only TensorFlow."""
     requests_file = tmp_path / "requests.json"
     requests_file.write_text(json.dumps([[base64.b64encode(b).decode() for b in r] for r in requests]))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, export_dir, str(requests_file)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_python(["-c", FRESH_PROCESS, export_dir, str(requests_file)],
+                        timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
     assert not output["imported_alexnet_tf"]
@@ -382,21 +382,20 @@ def test_bfloat16_export_serves_in_a_fresh_process(shared_data, run, bfloat16_ex
 
 @pytest.mark.slow
 def test_command_lines_export_in_bfloat16(run, tmp_path):
-    root = pathlib.Path(__file__).resolve().parent.parent
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / workdir_lib.CONFIG_FILE).write_text(run.config.to_json())
     run.model.save(workdir / workdir_lib.MODEL_FILE)
     export_dir = tmp_path / "export" / "1"
-    command = [sys.executable, str(root / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+    command = [str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
                f"--export_dir={export_dir}", "--export_precision=bfloat16", "--ten_crop=false"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = run_python(command, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert export.load_config(str(export_dir)).export_precision == "bfloat16"
     loaded = tf.saved_model.load(str(export_dir))
     assert {v.dtype for v in loaded.variables if v.dtype.is_floating} == {tf.bfloat16}
-    wrong = subprocess.run([sys.executable, str(root / "train.py"), f"--workdir={tmp_path / 'never'}",
-                            "--export_precision=float16"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    wrong = run_python([str(ROOT / "train.py"), f"--workdir={tmp_path / 'never'}",
+                       "--export_precision=float16"], timeout=300, cwd=tmp_path)
     assert wrong.returncode != 0 and "--export_precision='float16'" in wrong.stderr
     assert not (tmp_path / "never").exists()
 

@@ -6,11 +6,11 @@ import ast
 
 import numpy as np
 import pytest
-from eval_helpers import ROOT
 from PIL import Image
 
 from alexnet_tf import figures
 from alexnet_tf.model import build_alexnet
+from tests.support import ROOT
 
 
 def test_kernel_grid_places_each_tower_in_its_own_block():

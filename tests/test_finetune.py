@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from converted import SHAPES, read_records  # noqa: E402
-
-from alexnet_tf import data, finetune, folders, sources, statistics, synthetic_data, training  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import workdir as workdir_lib  # noqa: E402
-from alexnet_tf.config import ConfigError, get_config  # noqa: E402
-from alexnet_tf.trainer import Trainer  # noqa: E402
+from alexnet_tf import data, finetune, folders, sources, statistics, synthetic_data, training
+from alexnet_tf import model as model_lib
+from alexnet_tf import workdir as workdir_lib
+from alexnet_tf.config import ConfigError, get_config
+from alexnet_tf.trainer import Trainer
+from tests.support import ROOT, run_python
+from tests.support.converted import SHAPES, read_records
 
 CLASSES = ("cat", "dog", "bird")  # made-up names, not wnids; sorted: bird, cat, dog
 TRAIN_PER_CLASS, VAL_PER_CLASS = 12, 4
@@ -211,10 +205,10 @@ def test_train_py_fine_tunes_a_folder_from_a_model_keras(source_run, image_dir, 
         if (source_run / name).exists():
             (keras_dir / name).write_bytes((source_run / name).read_bytes())
     workdir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "train.py"), f"--image_dir={image_dir}",
+    command = [str(ROOT / "train.py"), f"--image_dir={image_dir}",
                f"--init_from={keras_dir / workdir_lib.MODEL_FILE}", "--preset=tiny", "--epochs=1",
                "--trainable_from=conv5", f"--workdir={workdir}", "--nojit_compile"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = run_python(command, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / folders.CLASSES_FILE).read_text() == "bird\ncat\ndog\n"
     config = workdir_lib.read_config(str(workdir))
@@ -222,16 +216,15 @@ def test_train_py_fine_tunes_a_folder_from_a_model_keras(source_run, image_dir, 
     summary = json.loads((workdir / workdir_lib.SUMMARY_FILE).read_text())
     assert summary["epochs_completed"] == 1
     assert "fc8 re-initialised for 3 classes" in result.stderr
-    wrong = subprocess.run([*command[:2], f"--image_dir={image_dir}", "--num_classes=4",
-                            f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    wrong = run_python([*command[:1], f"--image_dir={image_dir}", "--num_classes=4",
+                       f"--workdir={tmp_path / 'other'}"], cwd=ROOT, timeout=300)
     assert wrong.returncode == 2 and "--num_classes=4" in wrong.stderr
 
 
 @pytest.mark.slow
 def test_a_caffe_source_brings_its_conventions_and_weights(tmp_path):
-    from caffe_reference import random_weights, write_caffemodel
-
     from alexnet_tf import caffe
+    from tests.support.caffe_reference import random_weights, write_caffemodel
 
     path = tmp_path / "bvlc_alexnet.caffemodel"
     write_caffemodel(str(path), random_weights(), legacy=True)

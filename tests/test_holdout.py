@@ -12,8 +12,6 @@ import io
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +20,8 @@ from PIL import Image
 
 from alexnet_tf import converter, curves, data, records, synthetic_data, training
 from alexnet_tf.config import ConfigError, get_config
+from tests.support import ROOT, run_python
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASS_SIZES = {"n00000001": 10, "n00000002": 8, "n00000003": 6}  # unequal, as real classes are
 
 
@@ -163,8 +161,7 @@ def test_a_run_watches_the_selection_split_and_scores_validation_once(tmp_path, 
 
 
 def test_the_command_line_refuses_a_selection_split_for_records_converted_before(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"--data_dir={tmp_path}", "--holdout_per_class=5",
-         f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = run_python([ROOT / "train.py", f"--data_dir={tmp_path}", "--holdout_per_class=5",
+                         f"--workdir={tmp_path / 'run'}"], timeout=300)
     assert result.returncode == 2, result.stderr
     assert "--holdout_per_class" in result.stderr and "build_tfrecords.py" in result.stderr

@@ -6,20 +6,18 @@ import io
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from eval_helpers import ROOT
 from PIL import Image
 
 from alexnet_tf import device_preprocess, evaluation, litert, preprocess, reports
 from alexnet_tf import workdir as workdir_lib
 from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.model import build_from_config
+from tests.support import ROOT, run_python
 
 LARGE_JPEG = "imagenet-sample/train/n01440764/n01440764_tench.JPEG"
 GRAYSCALE_JPEG = "imagenet-sample/train/n02692877/n02692877_airship.JPEG"  # mode L, 350x156
@@ -230,7 +228,8 @@ def test_centre_crop_is_the_evaluation_crop(shared_data, run):
     for name, encoded in _real_images(shared_data, run).items():
         crop = litert.centre_crop(encoded, run.config).numpy()
         assert crop.dtype == np.float32 and crop.shape == window.shape, name
-        np.testing.assert_array_equal(crop, preprocess.eval_crop(tf.constant(encoded), run.config)[preprocess.IMAGE])
+        np.testing.assert_array_equal(
+            crop, preprocess.eval_crop(tf.constant(encoded), run.config.image_size, run.config.input_size).image)
         view = device_preprocess.preprocess_for_eval(tf.constant(encoded), run.config, run.stats).numpy()
         np.testing.assert_allclose(crop - window, view, atol=1e-4, err_msg=name)
         np.testing.assert_array_equal(in_graph(tf.constant(encoded)).numpy(), crop)
@@ -299,17 +298,15 @@ def test_command_lines_export_and_evaluate_a_litert_file(shared_data, run, tmp_p
     path = tmp_path / "out" / "model.tflite"
     synsets = f"--synsets={shared_data / 'metadata' / 'imagenette_synsets.txt'}"
     keras_report, litert_report = tmp_path / "keras_report", tmp_path / "litert_report"
-    export = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
+    export = run_python([str(ROOT / "evaluate.py"), f"--checkpoint={workdir}", f"--data_dir={run.data_dir}",
          f"--export_litert={path}", f"--report_dir={keras_report}", synsets],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        timeout=600, cwd=tmp_path)
     assert export.returncode == 0, export.stderr[-3000:]
     assert path.exists() and (tmp_path / "out" / "model.json").exists()
     assert (tmp_path / "out" / "model.labels.txt").read_text().splitlines()[0].startswith("tench")
-    evaluate = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), f"--litert={path}", f"--data_dir={run.data_dir}",
+    evaluate = run_python([str(ROOT / "evaluate.py"), f"--litert={path}", f"--data_dir={run.data_dir}",
          f"--report_dir={litert_report}", synsets],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        timeout=600, cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     expected = json.loads((keras_report / reports.REPORT_JSON).read_text())
     got = json.loads((litert_report / reports.REPORT_JSON).read_text())
@@ -317,11 +314,11 @@ def test_command_lines_export_and_evaluate_a_litert_file(shared_data, run, tmp_p
     for view in ("center_crop", "ten_crop"):
         assert abs(got[view]["top1_error"] - expected[view]["top1_error"]) <= 1 / got["num_images"] + 1e-9
     assert "tench, Tinca tinca" in (litert_report / reports.REPORT_MD).read_text()
-    usage = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--litert={path}",
-                            f"--export_litert={tmp_path / 'again.tflite'}"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    usage = run_python([str(ROOT / "evaluate.py"), f"--litert={path}",
+                       f"--export_litert={tmp_path / 'again.tflite'}"],
+                       timeout=300, cwd=tmp_path)
     assert usage.returncode != 0 and "--export_litert needs --checkpoint" in usage.stderr
-    wrong = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'never'}",
-                            "--export_litert=model.bin"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    wrong = run_python([str(ROOT / "train.py"), f"--workdir={tmp_path / 'never'}",
+                       "--export_litert=model.bin"], timeout=300, cwd=tmp_path)
     assert wrong.returncode != 0 and "name a .tflite file" in wrong.stderr
     assert not (tmp_path / "never").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import device_preprocess, preprocess
+from alexnet_tf import device_preprocess, preprocess, views
 from alexnet_tf.config import get_config
 from alexnet_tf.statistics import DatasetStatistics, imagenet_statistics
 
@@ -238,20 +238,24 @@ def test_training_draws_in_blocks(stats):
     the first row what one image draws from the same seed, and no colour noise at pca_std=0."""
     config = get_config("paper")
     count, limit = 20_000, config.image_size - config.input_size + 1
-    draws = preprocess.training_draws(config, stats, tf.constant([7, 2], tf.int64), count)
-    crops, flips = draws[preprocess.CROP].numpy(), draws[preprocess.FLIP].numpy()
-    assert crops.shape == (count, 2) and draws[preprocess.RGB].shape == (count, 3)
+    sizes = dict(image_size=config.image_size, input_size=config.input_size)
+    seed = tf.constant([7, 2], tf.int64)
+    draws = preprocess.training_draws(seed, count, **sizes, stats=stats, pca_std=config.pca_std)
+    crops, flips = draws.crop.numpy(), draws.flip.numpy()
+    assert crops.shape == (count, 2) and draws.rgb.shape == (count, 3)
     for axis in range(2):  # each of the 30 positions about count / 30 times (+- 5 sigma)
         histogram = np.bincount(crops[:, axis], minlength=limit)
         assert len(histogram) == limit and np.abs(histogram - count / limit).max() < 5 * np.sqrt(count / limit)
     assert abs(flips.mean() - 0.5) < 5 * 0.5 / np.sqrt(count)
     assert np.corrcoef(crops[:, 0], crops[:, 1])[0, 1] < 0.05  # y and x drawn independently
-    one = preprocess.train_crop(tf.io.encode_png(_random_uint8(300, 260)), config, stats, tf.constant([7, 2], tf.int64))
-    for key in (preprocess.CROP, preprocess.FLIP, preprocess.RGB):
-        np.testing.assert_array_equal(one[key].numpy(), draws[key][0].numpy())
-    quiet = preprocess.training_draws(config.replace(pca_std=0.0), stats, tf.constant([7, 2], tf.int64), 8)
-    np.testing.assert_array_equal(quiet[preprocess.RGB].numpy(), np.zeros((8, 3)))
-    np.testing.assert_array_equal(quiet[preprocess.CROP].numpy(), crops[:8])
+    one = preprocess.train_crop(tf.io.encode_png(_random_uint8(300, 260)), **sizes, stats=stats, pca_std=config.pca_std,
+                                seed=tf.constant([7, 2], tf.int64))
+    assert isinstance(one, views.TrainCrop)
+    for field in ("crop", "flip", "rgb"):
+        np.testing.assert_array_equal(getattr(one, field).numpy(), getattr(draws, field)[0].numpy())
+    quiet = preprocess.training_draws(tf.constant([7, 2], tf.int64), 8, **sizes, stats=stats, pca_std=0.0)
+    np.testing.assert_array_equal(quiet.rgb.numpy(), np.zeros((8, 3)))
+    np.testing.assert_array_equal(quiet.crop.numpy(), crops[:8])
 
 
 def _rounded_square(encoded, image_size: int) -> np.ndarray:
@@ -360,36 +364,47 @@ def test_eval_view_known_answer_with_mean_image(tiny):
     np.testing.assert_allclose(crops, preprocess.ten_crop(square - mean_image, 67).numpy(), atol=1e-3)
 
 
-def test_device_finish_known_answer_in_batches_and_floats_pass_through(tiny):
+def test_device_finish_known_answer_in_batches_and_one_function_per_view(tiny):
     """The device's half: each view is mirror(crop - mean window at its offset) + rgb, batched or not."""
     stats = imagenet_statistics()
     stats.mean_image = np.random.default_rng(3).uniform(0, 255, (76, 76, 3)).astype(np.float32)
     config = tiny.replace(mean_subtraction="image")
     images = [_random_uint8(90, 77), _smooth_uint8(76, 101), _random_uint8(80, 80)] * 3
-    features = [preprocess.train_crop(tf.io.encode_png(image), config, stats, tf.constant([i, 3]))
+    features = [preprocess.train_crop(tf.io.encode_png(image), config.image_size, config.input_size, stats,
+                                      config.pca_std, tf.constant([i, 3]))
                 for i, image in enumerate(images)]
-    batch = {key: tf.stack([f[key] for f in features]) for key in features[0]}
-    assert batch[preprocess.IMAGE].dtype == tf.uint8
+    batch = tf.nest.map_structure(lambda *fields: tf.stack(fields), *features)
+    assert isinstance(batch, views.TrainCrop) and batch.image.dtype == tf.uint8
     finish = device_preprocess.DeviceFinish(config, stats)
     finished = tf.function(finish)(batch).numpy()
     assert finished.shape == (9, 67, 67, 3) and finished.dtype == np.float32
-    flips = batch[preprocess.FLIP].numpy()
+    flips = batch.flip.numpy()
     assert 0 < flips.sum() < len(flips)
     for i, f in enumerate(features):
-        y, x = f[preprocess.CROP].numpy()
-        expected = f[preprocess.IMAGE].numpy() - stats.mean_image[y : y + 67, x : x + 67]
-        expected = (expected[:, ::-1] if flips[i] else expected) + f[preprocess.RGB].numpy()
+        y, x = f.crop.numpy()
+        expected = f.image.numpy() - stats.mean_image[y : y + 67, x : x + 67]
+        expected = (expected[:, ::-1] if flips[i] else expected) + f.rgb.numpy()
         np.testing.assert_allclose(finished[i], expected, atol=1e-3)
         np.testing.assert_allclose(finish(f).numpy(), expected, atol=1e-3)
     # Per-channel means: the same crops minus one RGB mean.
     channel = device_preprocess.DeviceFinish(config.replace(mean_subtraction="channel"), stats)(batch).numpy()
-    pixels = batch[preprocess.IMAGE].numpy().astype(np.float32)
+    pixels = batch.image.numpy().astype(np.float32)
     pixels = np.where(flips[:, None, None, None], pixels[:, :, ::-1], pixels)
-    np.testing.assert_allclose(channel, pixels - stats.mean_rgb + batch[preprocess.RGB].numpy()[:, None, None],
+    np.testing.assert_allclose(channel, pixels - stats.mean_rgb + batch.rgb.numpy()[:, None, None],
                                atol=1e-3)
+    # The same crops as evaluation crops: the mean window subtracted, neither mirrored nor coloured.
+    centre = finish(views.EvalCrop(batch.image, batch.crop)).numpy()
+    for i, f in enumerate(features):
+        y, x = f.crop.numpy()
+        np.testing.assert_allclose(centre[i], f.image.numpy() - stats.mean_image[y : y + 67, x : x + 67], atol=1e-3)
     # Float images (arrays, synthetic inputs) are finished already.
     floats = tf.zeros([2, 67, 67, 3])
-    assert finish(floats) is floats
+    assert finish(views.FloatImages(floats)) is floats
+    assert device_preprocess.DeviceFinish(config, None)(views.FloatImages(floats)) is floats
+    # The views are chosen by type: a dict with the same fields, or a bare tensor, is refused.
+    for other in (batch._asdict(), floats):
+        with pytest.raises(TypeError, match="views.FloatImages"):
+            finish(other)
     with pytest.raises(ValueError, match="stats="):
         device_preprocess.DeviceFinish(config, None)(batch)
 

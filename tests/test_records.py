@@ -7,9 +7,9 @@ import fnmatch
 import numpy as np
 import pytest
 import tensorflow as tf
-from converted import ASSORTED, read_records
 
 from alexnet_tf import records
+from tests.support.converted import ASSORTED, read_records
 
 ENCODED = tf.io.encode_jpeg(np.full((5, 7, 3), 200, np.uint8)).numpy()
 

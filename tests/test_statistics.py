@@ -9,11 +9,11 @@ import random
 
 import numpy as np
 import pytest
-from converted import SHAPES, read_records
 from PIL import Image
 
 from alexnet_tf import converter, statistics
 from alexnet_tf.converter.shards import statistics_accumulator
+from tests.support.converted import SHAPES, read_records
 
 
 def _random_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:

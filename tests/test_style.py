@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+
+from tests.support import ROOT
 
 
 def test_ruff_clean():

@@ -1,7 +1,7 @@
 """The training loop: workdir contract, resume, NaN stop, strategies, the built-in run.
 
-Runs that need a fresh TensorFlow (logical CPU devices, TF_CONFIG, kill -9) execute this file
-as a script in a subprocess: ``python tests/test_training.py <mode> ...``.
+Runs that need a fresh TensorFlow (logical CPU devices, TF_CONFIG, kill -9) run a mode of
+``tests/scripts/training.py`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -13,57 +13,31 @@ import os
 import pathlib
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from alexnet_tf import data, records, sources, synthetic_data, training, views
+from alexnet_tf import trainer as trainer_lib
+from alexnet_tf import workdir as workdir_lib
+from alexnet_tf.config import get_config
+from tests.scripts.training import (
+    NUM_IMAGES,
+    TRAINED_WEIGHTS,
+    learnable_arrays,
+    learnable_inputs,
+    run_state,
+    tiny,
+)
+from tests.support import ROOT, run_python, run_script, start_script
+from tests.support.converted import ASSORTED, SHAPES
 
-import tensorflow as tf  # noqa: E402
-from converted import ASSORTED, SHAPES  # noqa: E402
-
-from alexnet_tf import data, distribute, records, sources, synthetic_data, training  # noqa: E402
-from alexnet_tf import trainer as trainer_lib  # noqa: E402
-from alexnet_tf import workdir as workdir_lib  # noqa: E402
-from alexnet_tf.config import get_config  # noqa: E402
-
-NUM_IMAGES = 64
 # Mirrored (2 replicas) vs one device: the same sums in another order; float32 round-off.
 MIRRORED_ATOL = 1e-5
 # The same under mixed_float16: float16 activations and gradients summed in another grouping.
 MIXED_FLOAT16_ATOL = 1e-4
-
-
-def _tiny(**overrides):
-    base = dict(batch_size=16, deterministic=True, epochs=2)
-    return get_config("tiny", **{**base, **overrides})
-
-
-def _arrays(config, seed=0, num_images=NUM_IMAGES):
-    """Images whose class shows in their mean brightness, so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, config.num_classes, num_images).astype(np.int32)
-    size = config.input_size
-    images = rng.normal(0.0, 20.0, (num_images, size, size, 3)) + (labels[:, None, None, None] - 4.5) * 20.0
-    return images.astype(np.float32), labels
-
-
-def _inputs(config, seed=0):
-    images, labels = _arrays(config, seed)
-    return sources.array_inputs(config, images, labels, images[:32], labels[:32])
-
-
-def _weights(model):
-    return [np.array(w) for w in model.weights]
-
-
-# --------------------------------------------------------------------------------------------
-# In-process tests
 
 
 def test_each_epoch_reads_the_records_in_a_new_order(converted):
@@ -85,8 +59,8 @@ def test_each_epoch_reads_the_records_in_a_new_order(converted):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_epochs_read_on_from_one_pipeline_unless_deterministic(tmp_path, deterministic):
     """A pipeline per epoch only where the seeds need it: deleting an old one can stall for seconds."""
-    config = _tiny(epochs=3, deterministic=deterministic, steps_per_loop=3)
-    inputs = _inputs(config)
+    config = tiny(epochs=3, deterministic=deterministic, steps_per_loop=3)
+    inputs = learnable_inputs(config)
     built = []
 
     def train(context, epoch, skip_batches=0):
@@ -100,8 +74,8 @@ def test_epochs_read_on_from_one_pipeline_unless_deterministic(tmp_path, determi
 
 
 def test_train_writes_the_workdir_contract_and_resumes(tmp_path):
-    config = _tiny(epochs=1)
-    inputs = _inputs(config)
+    config = tiny(epochs=1)
+    inputs = learnable_inputs(config)
     first = training.train(config, str(tmp_path), inputs=inputs, verbose=False)
     assert first["epochs_completed"] == 1 and first["resumed_from_epoch"] == 0
     assert first["global_step"] == NUM_IMAGES // config.batch_size
@@ -122,8 +96,8 @@ def test_train_writes_the_workdir_contract_and_resumes(tmp_path):
 
 
 def test_tensorboard_logs_hold_the_promised_scalars(tmp_path):
-    config = _tiny(epochs=1)
-    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    config = tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=learnable_inputs(config), verbose=False, finish=False)
     tags = {}
     for split in ("train", "validation"):
         for path in (tmp_path / "logs" / split).glob("events.out.tfevents.*"):
@@ -135,18 +109,18 @@ def test_tensorboard_logs_hold_the_promised_scalars(tmp_path):
 
 
 def test_resuming_with_another_model_shape_is_refused(tmp_path):
-    config = _tiny(epochs=1)
-    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    config = tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=learnable_inputs(config), verbose=False, finish=False)
     wider = config.replace(width=0.25, epochs=2)
     with pytest.raises(ValueError, match="config.json"):
-        training.train(wider, str(tmp_path), inputs=_inputs(wider), verbose=False, finish=False)
+        training.train(wider, str(tmp_path), inputs=learnable_inputs(wider), verbose=False, finish=False)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = _tiny(epochs=1)
-    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False)
+    config = tiny(epochs=1)
+    training.train(config, str(tmp_path), inputs=learnable_inputs(config), verbose=False, finish=False)
     good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-    images, labels = _arrays(config)
+    images, labels = learnable_arrays(config)
     images[:] = np.nan
     poisoned = sources.array_inputs(config, images, labels)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is .*ckpt"):
@@ -178,19 +152,19 @@ def test_the_smoothed_loss_is_the_cross_entropy_against_smoothed_targets():
 @pytest.mark.parametrize("smoothing", [-0.1, 1.0])
 def test_a_label_smoothing_outside_0_to_1_is_refused(smoothing):
     with pytest.raises(ValueError, match="--label_smoothing"):
-        training.Trainer(_tiny(label_smoothing=smoothing))
+        training.Trainer(tiny(label_smoothing=smoothing))
 
 
 def test_the_command_line_refuses_a_wrong_label_smoothing_before_any_work(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--label_smoothing=1.5"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = run_python([str(ROOT / "train.py"), "--label_smoothing=1.5"], cwd=tmp_path,
+                        timeout=300)
     assert result.returncode != 0 and "--label_smoothing=1.5: must be at least 0 and below 1" in result.stderr
     assert not os.listdir(tmp_path)  # nothing drawn, converted or trained
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.5])
 def test_the_loop_learns(tmp_path, smoothing):
-    config = _tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe",
+    config = tiny(epochs=20, batch_size=8, dropout=0.0, learning_rate=0.003, weight_init="he", bias_init="caffe",
                    label_smoothing=smoothing)
     steps, losses = [], []
 
@@ -198,7 +172,7 @@ def test_the_loop_learns(tmp_path, smoothing):
         steps.append(step)
         losses.append(figures["loss"])
 
-    summary = training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False,
+    summary = training.train(config, str(tmp_path), inputs=learnable_inputs(config), verbose=False, finish=False,
                              step_callback=record)
     assert steps[-1] == 20 * NUM_IMAGES // 8  # one call per loop of steps
     tenth = max(len(losses) // 10, 1)
@@ -217,10 +191,10 @@ def test_the_loop_learns(tmp_path, smoothing):
 def test_a_loss_stuck_at_chance_warns_once(tmp_path, caplog, learning):
     """Learning rate 0 leaves the paper-initialised loss at ln(10): one warning, in the loop reaching step 10."""
     settings = dict(learning_rate=0.003, weight_init="he", bias_init="caffe") if learning else dict(learning_rate=0.0)
-    config = _tiny(epochs=3, batch_size=8, dropout=0.0, steps_per_loop=3, stall_warning_steps=10, **settings)
+    config = tiny(epochs=3, batch_size=8, dropout=0.0, steps_per_loop=3, stall_warning_steps=10, **settings)
     losses = {}
     caplog.set_level(logging.WARNING, logger="absl")
-    training.train(config, str(tmp_path), inputs=_inputs(config), verbose=False, finish=False,
+    training.train(config, str(tmp_path), inputs=learnable_inputs(config), verbose=False, finish=False,
                    step_callback=lambda step, figures: losses.update({step: figures["loss"]}))
     warnings = [r.getMessage() for r in caplog.records if "has not started to learn" in r.getMessage()]
     crossing = min(step for step in losses if step >= 10)
@@ -233,7 +207,7 @@ def test_a_loss_stuck_at_chance_warns_once(tmp_path, caplog, learning):
 
 
 def test_synthetic_inputs_time_the_step(tmp_path):
-    config = _tiny(epochs=1, steps_per_epoch=3)
+    config = tiny(epochs=1, steps_per_epoch=3)
     summary = training.train(config, str(tmp_path), synthetic=True, verbose=False, finish=False)
     assert summary["global_step"] == 3
     assert summary["val_top1_error"] is None
@@ -254,8 +228,8 @@ def test_precision_and_xla_options_train(tmp_path, overrides):
     # Larger steps than the default, so that the updates change the loss by far more than round-off;
     # one step per loop, so that each step's loss is seen.
     base = dict(epochs=1, steps_per_epoch=3, learning_rate=0.05, dropout=0.0, steps_per_loop=1)
-    reference = losses(_tiny(**base), tmp_path / "float32")
-    got = losses(_tiny(**{**base, **overrides}), tmp_path / "option")
+    reference = losses(tiny(**base), tmp_path / "float32")
+    got = losses(tiny(**{**base, **overrides}), tmp_path / "option")
     tolerance = 2e-2 if overrides.get("precision") == "mixed_bfloat16" else 2e-3
     np.testing.assert_allclose(got, reference, rtol=tolerance)
     # The steps did change the loss, by more than the tolerance: the comparison is not vacuous.
@@ -264,15 +238,15 @@ def test_precision_and_xla_options_train(tmp_path, overrides):
 
 def test_deterministic_xla_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--jit_compile"):
-        training.train(_tiny(jit_compile=True), str(tmp_path), synthetic=True, verbose=False)
+        training.train(tiny(jit_compile=True), str(tmp_path), synthetic=True, verbose=False)
     get_config("imagenette", deterministic=True, jit_compile=False)  # either alone is fine
     get_config("imagenette", deterministic=False)
 
 
 def test_the_command_line_refuses_a_deterministic_imagenette_run_with_xla_before_any_work(tmp_path):
     # The imagenette preset turns XLA on; --deterministic alone must stop before the download.
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset=imagenette", "--deterministic"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_python([str(ROOT / "train.py"), "--dataset=imagenette", "--deterministic"],
+                        cwd=tmp_path, timeout=300)
     assert result.returncode != 0 and "--nojit_compile for a deterministic run" in result.stderr
     assert not os.listdir(tmp_path)  # nothing downloaded, converted or trained
 
@@ -301,7 +275,7 @@ def test_built_in_data_end_to_end(tmp_path):
 def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monkeypatch):
     from alexnet_tf import preprocess
 
-    config = _tiny(batch_size=4, shuffle_buffer=80)
+    config = tiny(batch_size=4, shuffle_buffer=80)
     inputs = sources.record_inputs(config, str(converted(SHAPES)))
     decoded = []
     original = preprocess.decode_train_crop
@@ -321,19 +295,19 @@ def test_resuming_mid_epoch_skips_batches_without_decoding_them(converted, monke
     trainer.step_in_epoch.assign(done)
     first = next(trainer.distribute(inputs, 1))
     np.testing.assert_array_equal(first[1], expected[1])  # the batch after the skipped ones
-    for key in expected[0]:  # with the same crop, flip and colour noise
-        np.testing.assert_array_equal(first[0][key], expected[0][key])
+    for got, want in zip(first[0], expected[0], strict=True):  # with the same crop, flip and colour noise
+        np.testing.assert_array_equal(got, want)
     assert len(decoded) < done * config.batch_size, f"{len(decoded)} records decoded to resume at step {done}"
 
 
 def _batch_inputs(config, num_batches, poisoned=()):
     """Inputs of ``num_batches`` fixed batches per epoch, in order; those in ``poisoned`` (0-based) are NaN."""
-    images, labels = _arrays(config, num_images=num_batches * config.batch_size)
+    images, labels = learnable_arrays(config, num_images=num_batches * config.batch_size)
     for index in poisoned:
         images[index * config.batch_size:(index + 1) * config.batch_size] = np.nan
 
     def train(context, epoch, skip_batches=0):
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        dataset = tf.data.Dataset.from_tensor_slices((views.FloatImages(images), labels))
         return dataset.batch(context.get_per_replica_batch_size(config.batch_size)).skip(skip_batches)
 
     return sources.Inputs(train, None, num_batches)
@@ -341,7 +315,7 @@ def _batch_inputs(config, num_batches, poisoned=()):
 
 def test_nan_inside_a_loop_stops_naming_the_step_and_the_loop(tmp_path):
     """A non-finite loss at step 6, inside the loop of steps 5-8: the run stops after it, unsaved."""
-    config = _tiny(epochs=1, steps_per_loop=4, checkpoint_every_steps=4)
+    config = tiny(epochs=1, steps_per_loop=4, checkpoint_every_steps=4)
     steps = []
     with pytest.raises(training.NonFiniteLossError) as raised:
         training.train(config, str(tmp_path), inputs=_batch_inputs(config, 8, poisoned=[5]), verbose=False,
@@ -357,7 +331,7 @@ def test_nan_inside_a_loop_stops_naming_the_step_and_the_loop(tmp_path):
 
 def test_loops_end_at_epochs_checkpoint_steps_and_profile_bounds(tmp_path):
     """steps_per_loop=3 with 4-step epochs, a checkpoint every 5 steps and steps 7-8 profiled."""
-    config = _tiny(epochs=3, steps_per_loop=3, checkpoint_every_steps=5, profile_steps="7,8")
+    config = tiny(epochs=3, steps_per_loop=3, checkpoint_every_steps=5, profile_steps="7,8")
     loops = []
     summary = training.train(config, str(tmp_path), inputs=_batch_inputs(config, 4), verbose=False, finish=False,
                              step_callback=lambda step, figures: loops.append(step))
@@ -378,13 +352,13 @@ def test_loops_end_at_epochs_checkpoint_steps_and_profile_bounds(tmp_path):
 @pytest.mark.parametrize("flag", ["8", "0,3", "5,2", "a,b"])
 def test_a_wrong_profile_steps_flag_is_refused_before_training(tmp_path, flag):
     with pytest.raises(ValueError, match="--profile_steps"):
-        training.train(_tiny(profile_steps=flag), str(tmp_path), synthetic=True, verbose=False)
+        training.train(tiny(profile_steps=flag), str(tmp_path), synthetic=True, verbose=False)
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_sigterm_stops_after_the_loop_and_the_run_resumes_exactly(tmp_path):
     """SIGTERM during a run of 3-step loops: checkpointed at the loop's end, resumed to the same weights."""
-    config = _tiny(epochs=2, steps_per_loop=3, dropout=0.5)
+    config = tiny(epochs=2, steps_per_loop=3, dropout=0.5)
     inputs = _batch_inputs(config, 5)  # 5 steps per epoch: loops 1-3, 4-5, 6-8, 9-10
 
     def terminate(step, figures):
@@ -401,31 +375,27 @@ def test_sigterm_stops_after_the_loop_and_the_run_resumes_exactly(tmp_path):
     assert loops == [5, 8, 10]  # the rest of epoch 1, then epoch 2
     whole = training.train(config, str(tmp_path / "whole"), inputs=inputs, verbose=False, finish=False)
     assert resumed["global_step"] == whole["global_step"] == 10
-    a, b = (_run_state(workdir_lib.latest_checkpoint(str(tmp_path / name))) for name in ("stopped", "whole"))
-    assert a.keys() == b.keys() and len([name for name in a if name.startswith(_WEIGHTS)]) > 10
+    a, b = (run_state(workdir_lib.latest_checkpoint(str(tmp_path / name))) for name in ("stopped", "whole"))
+    assert a.keys() == b.keys() and len([name for name in a if name.startswith(TRAINED_WEIGHTS)]) > 10
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--data_dir"):
-        training.train(_tiny(), str(tmp_path), verbose=False)
+        training.train(tiny(), str(tmp_path), verbose=False)
 
 
 # --------------------------------------------------------------------------------------------
 # Subprocess tests
 
 
-def _run_script(*args, env=None, timeout=120):
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, __file__, *map(str, args)], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+def _run_script(*args, timeout=120):
+    return run_script("training", *args, timeout=timeout)
 
 
-def _spawn(*args, env=None):
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, __file__, *map(str, args)], cwd=ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _spawn(*args):
+    return start_script("training", *args)
 
 
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
@@ -551,155 +521,3 @@ def test_two_worker_multi_worker_mirrored_on_loopback(tmp_path):
         assert result["overflow_scale_halved"] and result["worker_masks_differ"], result
     assert (tmp_path / "run" / "summary.json").exists()  # only the chief writes it
     assert not list((tmp_path / "run").glob(".worker_*"))
-
-
-# --------------------------------------------------------------------------------------------
-# Script modes
-
-
-def _mirrored(out):
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    # One strategy for all variants: collective ops of several MirroredStrategy objects in one
-    # process can collide.
-    strategies = (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                  ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
-    variants = {}
-    for name, overrides in (("float32", dict(dropout=0.0)), ("dropout", dict(dropout=0.5)),
-                            ("mixed_float16", dict(dropout=0.5, precision="mixed_float16"))):
-        config = _tiny(pca_std=0.0, **overrides)
-        inputs = _inputs(config)
-        results = {}
-        for key, strategy in strategies:
-            trainer = training.Trainer(config, strategy)
-            start = _weights(trainer.model)
-            trainer.set_learning_rate(config.learning_rate)
-            iterator = trainer.distribute(inputs, 0)
-            for _ in range(3):
-                trainer.train_step(iterator)
-            results[key] = (start, _weights(trainer.model), strategy.num_replicas_in_sync)
-        (start, one, _), (_, two, replicas) = results["one"], results["two"]
-        variants[name] = {
-            "replicas": replicas,
-            "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, one)),
-            "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
-        }
-    pathlib.Path(out).write_text(json.dumps(variants))
-
-
-# The model's weights as a run's checkpoint names them (reached through the optimizer first).
-_WEIGHTS = "optimizer/_trainable_variables/"
-
-
-def _run_state(checkpoint):
-    """Everything a run's checkpoint holds (weights, slots, steps, schedule, dropout state) but its save count."""
-    return {name: tf.train.load_variable(checkpoint, name) for name, _ in tf.train.list_variables(checkpoint)
-            if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
-
-
-def _loops(out):
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    config = _tiny(epochs=2, dropout=0.5, learning_rate=0.01, lr_schedule="step:1")
-    images, labels = _arrays(config, num_images=96)
-    inputs = sources.array_inputs(config, images, labels)
-    calls, weights = {}, {}
-    for steps_per_loop in (1, 4):
-        workdir = str(pathlib.Path(out).parent / f"loop{steps_per_loop}")
-        found = calls[steps_per_loop] = []
-        training.train(config.replace(steps_per_loop=steps_per_loop), workdir, inputs=inputs, strategy=strategy,
-                       verbose=False, finish=False,
-                       step_callback=lambda step, figures, found=found: found.append({"step": step, **figures}))
-        weights[steps_per_loop] = _run_state(workdir_lib.latest_checkpoint(workdir))
-    # The same initial weights (the Trainer seeds them), under the same checkpoint names.
-    start = _run_state(training.Trainer(config, strategy).checkpoint.write(
-        str(pathlib.Path(out).parent / "start" / "ckpt")))
-    trained = [name for name in start if name.startswith(_WEIGHTS)]
-    assert len(trained) > 10 and start.keys() == weights[1].keys()
-    pathlib.Path(out).write_text(json.dumps({
-        "replicas": strategy.num_replicas_in_sync,
-        "moved": max(float(np.abs(start[name] - weights[1][name]).max()) for name in trained),
-        "identical": weights[1].keys() == weights[4].keys()
-        and all(np.array_equal(weights[1][name], weights[4][name]) for name in weights[1]),
-        "calls": calls,
-    }))
-
-
-def _run(workdir, delay, data_dir=None, steps_per_loop=0, every=2):
-    delay = float(delay)
-    if data_dir:  # through the record pipeline, on two replicas
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        config = _tiny(epochs=2, checkpoint_every_steps=int(every), data_dir=data_dir, shuffle_buffer=80)
-        if int(steps_per_loop):  # else the default
-            config = config.replace(steps_per_loop=int(steps_per_loop))
-        summary = training.train(config, workdir, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
-                                 verbose=False, step_callback=lambda step, figures: time.sleep(delay))
-    else:
-        config = _tiny(epochs=3, checkpoint_every_steps=2)
-        summary = training.train(config, workdir, inputs=_inputs(config), verbose=False,
-                                 step_callback=lambda step, figures: time.sleep(delay))
-    if "stopped" in summary:
-        print("stopped by", summary["stopped"], flush=True)
-        return
-    import keras
-
-    model = keras.saving.load_model(os.path.join(workdir, workdir_lib.MODEL_FILE), compile=False)
-    np.savez(os.path.join(workdir, "weights.npz"), **{w.path: np.array(w) for w in model.weights})
-
-
-def _mwms(task_index, port0, port1, workdir, out):
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"localhost:{port0}", f"localhost:{port1}"]},
-        "task": {"type": "worker", "index": int(task_index)},
-    })
-    strategy = distribute.make_strategy()
-    config = _tiny(epochs=2, steps_per_epoch=2)
-    summary = training.train(config, workdir, inputs=_inputs(config), strategy=strategy, verbose=False)
-    pathlib.Path(out).write_text(json.dumps({
-        "replicas": strategy.num_replicas_in_sync,
-        "global_step": summary["global_step"],
-        "val_top1_error": summary["val_top1_error"],
-        "weights_l2_norm": summary["weights_l2_norm"],
-        **_mwms_scaling_and_dropout(strategy, config),
-    }))
-
-
-def _mwms_scaling_and_dropout(strategy, config):
-    """Across workers: an overflow on the second worker only skips the step on both; masks differ."""
-    mixed = config.replace(precision="mixed_float16", dropout=0.5)
-    trainer = training.Trainer(mixed, strategy)
-    trainer.set_learning_rate(mixed.learning_rate)
-    rng = np.random.default_rng(0)
-    per_replica = mixed.batch_size // strategy.num_replicas_in_sync
-    images = rng.normal(0, 50, (per_replica, mixed.input_size, mixed.input_size, 3)).astype(np.float32)
-    labels = rng.integers(0, mixed.num_classes, per_replica).astype(np.int32)
-
-    def dataset_fn(context):
-        # Pixels 1000x larger on the second worker: its scaled float16 gradients overflow.
-        factor = 1000.0 if context.input_pipeline_id == 1 else 1.0
-        return tf.data.Dataset.from_tensors((images * factor, labels)).repeat()
-
-    before, scale = _weights(trainer.model), float(trainer.optimizer.scale_loss(1.0))
-    loss = trainer.train_step(iter(strategy.distribute_datasets_from_function(dataset_fn)))[0]
-    after = _weights(trainer.model)
-    layer = trainer.model.get_layer("dropout6")
-
-    @tf.function
-    def masks():
-        outputs = strategy.run(lambda: layer(tf.ones([per_replica, 64]), training=True))
-        return strategy.gather(outputs, axis=0)
-
-    first, second = np.split(masks().numpy() != 0, 2)
-    return {
-        "overflow_loss_finite": bool(np.isfinite(loss)),
-        "overflow_step_skipped": all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)),
-        "overflow_scale_halved": float(trainer.optimizer.scale_loss(1.0)) == scale / 2,
-        "worker_masks_differ": not np.array_equal(first, second),
-    }
-
-
-if __name__ == "__main__":
-    modes = {"mirrored": _mirrored, "run": _run, "mwms": _mwms, "loops": _loops}
-    modes[sys.argv[1]](*sys.argv[2:])

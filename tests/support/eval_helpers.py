@@ -13,14 +13,13 @@ import pathlib
 
 import keras
 import numpy as np
-from converted import read_records
 
 from alexnet_tf import data, imagenet, records
 from alexnet_tf.config import Config, get_config
 from alexnet_tf.model import build_from_config
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
+from tests.support.converted import read_records
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 EPOCHS = 10
 
 

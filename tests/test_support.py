@@ -1,14 +1,14 @@
-"""The shared fixtures: the real data (a skip locally, a failure in CI) and the converted shards."""
+"""The tests' support package: the real data (a skip locally, a failure in CI) and the converted shards."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import SHARED_DATA, require_shared_data
-from converted import ASSORTED, ASSORTED_SIZES, GRAYSCALE_EVERY, read_records
 
 from alexnet_tf import records
+from tests.support import SHARED_DATA, require_shared_data
+from tests.support.converted import ASSORTED, ASSORTED_SIZES, GRAYSCALE_EVERY, read_records
 
 
 def test_missing_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
