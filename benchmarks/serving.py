@@ -330,6 +330,7 @@ def _compare(f32_dir: str, bf16_dir: str) -> dict:
 def _compare_litert(saved_model: str, litert_file: str, data_dir: str) -> dict:
     """Both exports through the evaluator's views: per-image top-1 agreement, and each one's errors."""
     from alexnet_tf import device_preprocess, evaluation, export, litert
+    from alexnet_tf import metrics as metrics_lib
 
     predict_f32, config = export.load_predictor(saved_model)
     predict_litert, litert_config, stats = litert.load_predictor(litert_file)
@@ -343,7 +344,7 @@ def _compare_litert(saved_model: str, litert_file: str, data_dir: str) -> dict:
             top_k, labels, seconds = evaluation.predict_top_k(predict, dataset, config.num_classes, ten_crop,
                                                               progress=False, finish=finish)
             tops[name] = top_k
-            metrics = evaluation.metrics(top_k, labels, config.num_classes)
+            metrics = metrics_lib.summarize(top_k, labels, config.num_classes)
             result[f"{name}_{view}"] = {"top1_error": round(metrics["top1_error"], 4),
                                         "top5_error": round(metrics["top5_error"], 4), "seconds": round(seconds, 1)}
         result[f"{view}_top1_agreement"] = round(float(np.mean(tops["float32"][:, 0] == tops["litert"][:, 0])), 4)
