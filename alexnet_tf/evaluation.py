@@ -12,6 +12,7 @@ so memory does not grow with the number of classes times images.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, reports
+from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, paths, records, reports
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
@@ -135,6 +136,34 @@ def predict_top_k(
     return tops, labels, seconds
 
 
+def records_resize_mode(data_dir: str) -> str | None:
+    """How the converter resized the records in ``data_dir``: "crop", "squash", "none" (JPEG bytes
+    kept), or None when there is no converter manifest to tell."""
+    path = os.path.join(data_dir, records.MANIFEST_FILE)
+    if not paths.exists(path):
+        return None
+    options = paths.read_json(path).get("options", {})
+    if not options.get("resize"):
+        return "none"
+    return options.get("resize_mode", "crop")  # recorded only when squash
+
+
+def _check_resize_mode(config: Config, data_dir: str, report: dict[str, Any]) -> None:
+    """For a model trained on squashed images (Caffe's), says how the records were resized."""
+    if config.resize_mode == "crop":
+        return
+    found = records_resize_mode(data_dir)
+    report["records_resize_mode"] = found
+    if found != config.resize_mode:
+        logging.warning(
+            "The model was trained on images resized by %s (resize_mode=%s), but the records in %s were %s: they "
+            "are evaluated as they are, which is not the model's view; convert them with "
+            "data_prep/build_tfrecords.py --resize=%d --resize_mode=%s", config.resize_mode, config.resize_mode,
+            data_dir, {"crop": "resized by their shorter side (--resize_mode=crop)",
+                       "none": "not resized (no --resize)"}.get(found, "converted by an unknown converter"),
+            config.image_size, config.resize_mode)
+
+
 def view_batch_size(config: Config, ten_crop: bool) -> int:
     """Images per batch of a view: a 10-crop batch holds a tenth, so each step runs as many views."""
     return max(1, config.batch_size // NUM_CROPS) if ten_crop else config.batch_size
@@ -205,6 +234,7 @@ def evaluate(
     else:
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
+    _check_resize_mode(config, data_dir, report)
     if split != VALIDATION_SPLIT:
         report.update(split=split, split_note=HOLDOUT_NOTE)
         logging.warning("Scoring the %s split, not a validation split: %s", split, HOLDOUT_NOTE)

@@ -81,6 +81,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{report['num_images']} {_SPLIT_WORDS.get(report.get('split'), 'validation')} images of "
         f"{report['num_classes']} classes from `{report['data_dir']}`.",
         *(["", f"**{report['split_note']}**"] if report.get("split_note") else []),
+        *(["", f"The model was trained on squashed images; these records were resized by: "
+               f"{report['records_resize_mode']}."] if "records_resize_mode" in report else []),
         "",
         "| | top-1 error | top-5 error | images/s |",
         "|---|---|---|---|",

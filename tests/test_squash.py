@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import converter, folders, preprocess, records, statistics
+from alexnet_tf import converter, evaluation, folders, preprocess, records, reports, statistics
+from alexnet_tf.config import get_config
 from alexnet_tf.converter import files
 from tests.support.converted import read_records
 
@@ -111,6 +112,8 @@ def test_squashed_records_are_square_and_the_option_is_recorded(image_folders, t
     # mode converts every shard again instead of keeping the old ones.
     squashed_stats = statistics.load_statistics(str(tmp_path / "squash"))
     assert not np.allclose(squashed_stats.mean_rgb, statistics.load_statistics(str(tmp_path / "crop")).mean_rgb)
+    assert evaluation.records_resize_mode(str(tmp_path / "squash")) == "squash"
+    assert evaluation.records_resize_mode(str(tmp_path / "crop")) == "crop"
     plan = json.loads((tmp_path / "squash" / files.PARTS_DIRECTORY / files.PLAN_FILE).read_text())
     crop_plan = json.loads((tmp_path / "crop" / files.PARTS_DIRECTORY / files.PLAN_FILE).read_text())
     assert set(plan["splits"]["train"]["fingerprints"]).isdisjoint(crop_plan["splits"]["train"]["fingerprints"])
@@ -165,3 +168,25 @@ def test_prepare_folders_converts_with_the_runs_resize_mode_into_a_folder_of_its
     assert pathlib.Path(cropped).name == "records_20" and cropped != squashed
     assert {(r.height, r.width) for r in read_records(cropped, "train")} == {(20, 32), (32, 20)}
     assert records.records_directory_name("records_256", 10, "squash") == "records_256_squash_holdout10"
+
+
+def test_the_evaluation_of_a_squash_model_says_how_the_records_were_resized(image_folders, tmp_path, monkeypatch):
+    _convert(image_folders, tmp_path / "crop", resize=24)
+    _convert(image_folders, tmp_path / "kept")
+    assert evaluation.records_resize_mode(str(tmp_path / "kept")) == "none"
+    assert evaluation.records_resize_mode(str(tmp_path / "nothing")) is None
+    warnings = []
+    monkeypatch.setattr(evaluation.logging, "warning", lambda message, *args: warnings.append(message % args))
+    caffe_like, report = get_config("paper", resize_mode="squash"), {}
+    evaluation._check_resize_mode(caffe_like, str(tmp_path / "crop"), report)
+    assert report == {"records_resize_mode": "crop"}
+    assert len(warnings) == 1 and "--resize=256 --resize_mode=squash" in warnings[0]
+    markdown = reports.report_markdown({"num_images": 1, "num_classes": 2, "data_dir": "d", "paper": {},
+                                        "records_resize_mode": "crop",
+                                        "center_crop": {"top1_error": 0.5, "top5_error": 0.0,
+                                                        "images_per_second": 1.0, "per_class": [],
+                                                        "most_confused": []}})
+    assert "trained on squashed images; these records were resized by: crop." in markdown
+    report = {}
+    evaluation._check_resize_mode(get_config("paper"), str(tmp_path / "crop"), report)  # the paper's: silent
+    assert report == {} and len(warnings) == 1
