@@ -273,7 +273,8 @@ def test_train_py_on_class_folders_only_scores_the_selection_split_and_says_so(t
                "--steps_per_epoch=2", f"--workdir={workdir}", "--nojit_compile"]
     refused = run_python(command, timeout=300)
     assert refused.returncode == 2 and "--holdout_per_class" in refused.stderr, refused.stderr[-3000:]
-    result = run_python([*command, "--holdout_per_class=2"], timeout=600)
+    # --resize_mode=squash (a Caffe source's) too: train.py converts with the run's resize mode.
+    result = run_python([*command, "--holdout_per_class=2", "--resize_mode=squash"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "evaluation" / "report.json").read_text())
     assert report["split"] == "holdout" and report["num_images"] == 6  # 2 of each of the 3 classes
@@ -286,5 +287,8 @@ def test_train_py_on_class_folders_only_scores_the_selection_split_and_says_so(t
     assert summary["holdout_top1_error"] == report["center_crop"]["top1_error"]
     assert summary["holdout_ten_crop_top1_error"] == report["ten_crop"]["top1_error"]
     assert "val_top1_error" not in summary and "val_ten_crop_top1_error" not in summary
+    assert pathlib.Path(summary["data_dir"]).name == "records_76_squash_holdout2"
+    assert {(r.height, r.width) for r in read_records(summary["data_dir"], "train")} == {(76, 76)}
+    assert report["records_resize_mode"] == "squash"
     assert (workdir / workdir_lib.EXPORT_DIR).is_dir()
     assert "not independent" in result.stderr  # the run's last lines say it too
