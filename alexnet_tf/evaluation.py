@@ -12,6 +12,7 @@ so memory does not grow with the number of classes times images.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,12 +22,19 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, reports
+from alexnet_tf import data, device_preprocess, distribute, imagenet, metrics, paths, records, reports
 from alexnet_tf.config import Config
 from alexnet_tf.preprocess import NUM_CROPS
 from alexnet_tf.statistics import DatasetStatistics, load_statistics
 
 VALIDATION_SPLIT = "validation"
+HOLDOUT_SPLIT = "holdout"  # the selection split: scored only when the records have no validation split
+# What a report on the selection split says (class folders only, train.py --image_dir): the figures are
+# not an independent measure, since the same images steered the run.
+HOLDOUT_NOTE = ("These images are the selection split (training images held out with --holdout_per_class): "
+                "the run checked them every epoch and its schedule watched them, and there was no validation "
+                "split. The figures are therefore not independent of the run's choices; for an independent "
+                "measure, score images the run never saw (a val/ folder).")
 
 Predictor = Callable[[tf.Tensor], tf.Tensor]
 
@@ -128,20 +136,48 @@ def predict_top_k(
     return tops, labels, seconds
 
 
+def records_resize_mode(data_dir: str) -> str | None:
+    """How the converter resized the records in ``data_dir``: "crop", "squash", "none" (JPEG bytes
+    kept), or None when there is no converter manifest to tell."""
+    path = os.path.join(data_dir, records.MANIFEST_FILE)
+    if not paths.exists(path):
+        return None
+    options = paths.read_json(path).get("options", {})
+    if not options.get("resize"):
+        return "none"
+    return options.get("resize_mode", "crop")  # recorded only when squash
+
+
+def _check_resize_mode(config: Config, data_dir: str, report: dict[str, Any]) -> None:
+    """For a model trained on squashed images (Caffe's), says how the records were resized."""
+    if config.resize_mode == "crop":
+        return
+    found = records_resize_mode(data_dir)
+    report["records_resize_mode"] = found
+    if found != config.resize_mode:
+        logging.warning(
+            "The model was trained on images resized by %s (resize_mode=%s), but the records in %s were %s: they "
+            "are evaluated as they are, which is not the model's view; convert them with "
+            "data_prep/build_tfrecords.py --resize=%d --resize_mode=%s", config.resize_mode, config.resize_mode,
+            data_dir, {"crop": "resized by their shorter side (--resize_mode=crop)",
+                       "none": "not resized (no --resize)"}.get(found, "converted by an unknown converter"),
+            config.image_size, config.resize_mode)
+
+
 def view_batch_size(config: Config, ten_crop: bool) -> int:
     """Images per batch of a view: a 10-crop batch holds a tenth, so each step runs as many views."""
     return max(1, config.batch_size // NUM_CROPS) if ten_crop else config.batch_size
 
 
 def view_datasets(
-    config: Config, data_dir: str, stats: DatasetStatistics, ten_crop: bool = True
+    config: Config, data_dir: str, stats: DatasetStatistics, ten_crop: bool = True, split: str = VALIDATION_SPLIT
 ) -> dict[str, tuple[tf.data.Dataset, bool]]:
-    """``{"center_crop": (dataset, False), "ten_crop": (dataset, True)}`` over the validation shards.
+    """``{"center_crop": (dataset, False), "ten_crop": (dataset, True)}`` over ``split``'s shards.
 
     The 10-crop batches hold a tenth as many images, so both feed the network the same number
     of views per step.
     """
-    pattern = data.file_pattern(data_dir, VALIDATION_SPLIT)
+    pattern = data.file_pattern(data_dir, split)
     views = {"center_crop": (config, False)}
     if ten_crop:
         views["ten_crop"] = (config.replace(batch_size=view_batch_size(config, True)), True)
@@ -162,8 +198,9 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     progress: bool = True,
     stats: DatasetStatistics | None = None,
+    split: str = VALIDATION_SPLIT,
 ) -> dict[str, Any]:
-    """Top-1/top-5 error of ``model`` on the validation shards in ``data_dir``.
+    """Top-1/top-5 error of ``model`` on the validation shards in ``data_dir`` (or ``split``'s).
 
     Args:
       model: a Keras model (built under ``strategy``'s scope when one is given), or a function
@@ -179,6 +216,8 @@ def evaluate(
       stats: the statistics of the training set the model was trained on (``workdir.model_statistics``);
         when None, those beside the shards in ``data_dir`` (the fallback for models that carry
         none: right only when ``data_dir`` was converted with the model's training set).
+      split: ``VALIDATION_SPLIT``, or ``HOLDOUT_SPLIT`` for records without a validation split
+        (the report then says, in ``split`` and ``split_note``, that these images steered the run).
 
     Returns:
       The report: ``{"center_crop": {"top1_error", "top5_error", "images_per_second", ...},
@@ -187,7 +226,7 @@ def evaluate(
     predict = as_predictor(model)
     if class_names is None and config.num_classes == 1000:
         class_names = imagenet.class_names()
-    data.check_labels(data_dir, VALIDATION_SPLIT, config)
+    data.check_labels(data_dir, split, config)
     if stats is None:
         stats = load_statistics(data_dir)
         logging.warning("Preprocessing with the statistics of the data directory (%s), not the model's",
@@ -195,9 +234,13 @@ def evaluate(
     else:
         logging.info("Preprocessing with the model's training-set statistics (%s)", stats.source)
     report: dict[str, Any] = {"data_dir": data_dir, "num_classes": config.num_classes, "statistics": stats.source}
-    num_images = data.manifest_record_count(data_dir, VALIDATION_SPLIT)
+    _check_resize_mode(config, data_dir, report)
+    if split != VALIDATION_SPLIT:
+        report.update(split=split, split_note=HOLDOUT_NOTE)
+        logging.warning("Scoring the %s split, not a validation split: %s", split, HOLDOUT_NOTE)
+    num_images = data.manifest_record_count(data_dir, split)
     finish = device_preprocess.DeviceFinish(config, stats)
-    for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop).items():
+    for key, (dataset, is_ten_crop) in view_datasets(config, data_dir, stats, ten_crop, split).items():
         logging.info("Evaluating the %s on %s%s", key.replace("_", " "), data_dir,
                      f" ({num_images} images)" if num_images is not None else "")
         batch_size = view_batch_size(config, is_ten_crop)

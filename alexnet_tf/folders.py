@@ -1,7 +1,8 @@
 """A folder of your own images as a data set: ``train.py --image_dir=DIR``.
 
-``DIR`` holds ``train/<class>/`` and ``val/<class>/`` folders of images; the class names are the
-folder names, any names (not only ImageNet wnids), and the labels are their sorted order. The
+``DIR`` holds ``train/<class>/`` and ``val/<class>/`` folders of images, or ``<class>/`` folders
+only; the class names are the folder names, any names (not only ImageNet wnids), and the labels
+are their sorted order. The
 folders are converted once, by the same converter as ImageNet and Imagenette
 (:func:`alexnet_tf.converter.convert`: the same odd-file handling, resume and statistics), into
 the run's work directory, with the class list written beside the records and into the run.
@@ -9,7 +10,11 @@ The converter keys classes by wnid: folders named otherwise are given made-up wn
 (``n90000000`` on, in the sorted order) through a folder of links, and their names become the
 classes' human-readable names (the converter's metadata file), which reports show.
 
-Class folders without a ``train/`` / ``val/`` split are refused: the split must be made first.
+Class folders without a ``train/`` / ``val/`` split are all training images, and need the run's
+``--holdout_per_class=N``: N images of every class are held out as the selection split, which
+the run watches every epoch and, there being no validation split, scores at its end (centre crop,
+10 crops, report), so those figures are not independent of the run's choices: the report says so.
+Without ``--holdout_per_class`` such a folder is refused.
 """
 
 from __future__ import annotations
@@ -41,20 +46,34 @@ def wnids_for(names: list[str]) -> list[str]:
 
 
 def _linked_folders(image_dir: str, names: list[str], wnids: list[str], root: str) -> str:
-    """``root/.class_links/<split>/<wnid>`` links to ``image_dir/<split>/<name>``: the converter's input."""
+    """``root/.class_links/<split>/<wnid>`` links to ``image_dir/<split>/<name>``: the converter's input.
+
+    For class folders only, ``root/.class_links/train/<wnid>`` links to ``image_dir/<name>``.
+    """
     links = os.path.join(root if paths.is_local(root) else tempfile.mkdtemp(prefix="alexnet_tf_"), LINKS_DIR)
-    for split in SPLITS:
-        os.makedirs(os.path.join(links, split), exist_ok=True)
+    split_folders = SPLITS if has_split_folders(image_dir) else ("",)
+    for split in split_folders:
+        os.makedirs(os.path.join(links, split or "train"), exist_ok=True)
         for name, wnid in zip(names, wnids, strict=True):
-            link = os.path.join(links, split, wnid)
+            link = os.path.join(links, split or "train", wnid)
             if os.path.lexists(link):
                 os.remove(link)
             os.symlink(os.path.abspath(os.path.join(image_dir, split, name)), link, target_is_directory=True)
     return links
 
 
+def has_split_folders(image_dir: str) -> bool:
+    """Whether ``image_dir`` is split into ``train/`` and ``val/`` (else: class folders only)."""
+    return any(os.path.isdir(os.path.join(image_dir, split)) for split in SPLITS)
+
+
+def _subfolders(folder: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+
+
 def class_names(image_dir: str) -> list[str]:
-    """The sorted class folder names of ``image_dir/train``; ``val/`` must have the same.
+    """The sorted class folder names of ``image_dir/train`` (``val/`` must have the same), or of
+    ``image_dir`` itself when it holds class folders only.
 
     Raises:
       ConfigError: naming ``--image_dir`` and what is expected, when the split folders are
@@ -62,26 +81,36 @@ def class_names(image_dir: str) -> list[str]:
     """
     if not os.path.isdir(image_dir):
         raise ConfigError(f"--image_dir={image_dir}: no such directory; pass a local folder holding "
-                          "train/<class>/ and val/<class>/ folders of images")
+                          "train/<class>/ and val/<class>/ folders of images (or <class>/ folders only, "
+                          "with --holdout_per_class)")
+    if not has_split_folders(image_dir):
+        names = _subfolders(image_dir)
+        if not names:
+            raise ConfigError(f"--image_dir={image_dir}: no class folders. Expected train/<class>/ and "
+                              "val/<class>/ folders of images, or <class>/ folders only (with --holdout_per_class)")
+        return _check_names(image_dir, names)
     found = {}
     for split in SPLITS:
         folder = os.path.join(image_dir, split)
         if not os.path.isdir(folder):
             raise ConfigError(
                 f"--image_dir={image_dir}: no {split}/ folder. Expected train/<class>/ and val/<class>/ "
-                "folders of images; class folders without a train/val split are not split for you yet: "
-                "move some images of every class into val/<class>/")
-        found[split] = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+                "folders of images, or <class>/ folders only (with --holdout_per_class)")
+        found[split] = _subfolders(folder)
         if not found[split]:
             raise ConfigError(f"--image_dir={image_dir}: {split}/ holds no class folders (expected {split}/<class>/)")
     if found["train"] != found["val"]:
         only = sorted(set(found["train"]) ^ set(found["val"]))
         raise ConfigError(f"--image_dir={image_dir}: train/ and val/ must hold the same class folders; "
                           f"only in one of them: {', '.join(only)}")
-    bad = [name for name in found["train"] if name != name.strip() or any(c in name for c in "\t\n\r ")]
+    return _check_names(image_dir, found["train"])
+
+
+def _check_names(image_dir: str, names: list[str]) -> list[str]:
+    bad = [name for name in names if name != name.strip() or any(c in name for c in "\t\n\r ")]
     if bad:
         raise ConfigError(f"--image_dir={image_dir}: class folder name {bad[0]!r} has white space; rename it")
-    return found["train"]
+    return names
 
 
 def check_num_classes(image_dir: str, num_classes: int | None) -> int:
@@ -98,25 +127,37 @@ def check_num_classes(image_dir: str, num_classes: int | None) -> int:
 
 
 def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int | None = None,
-                    holdout_per_class: int = 0) -> str:
-    """``image_dir``'s folders as records, shorter sides at ``image_size``, converted once.
+                    holdout_per_class: int = 0, resize_mode: str = "crop") -> str:
+    """``image_dir``'s folders as records, resized to ``image_size``, converted once.
 
     Args:
-      image_dir: holds ``train/<class>/`` and ``val/<class>/``.
-      root: receives ``records_<image_size>/`` (usually ``<workdir>/data``).
+      image_dir: holds ``train/<class>/`` and ``val/<class>/``, or ``<class>/`` folders only (then
+        ``holdout_per_class`` must be set: there is no validation split).
+      root: receives ``records_<image_size>/`` (usually ``<workdir>/data``; ``records_<image_size>_squash/``
+        for squashed images, with ``_holdout<N>`` for a selection split).
       image_size: the run's ``image_size``.
       num_workers: converter processes.
       holdout_per_class: training images per class held out as the selection split.
+      resize_mode: the run's ``resize_mode``: "crop" rescales the shorter side to ``image_size``,
+        "squash" both sides (Caffe's convention, a Caffe source's).
 
     Returns:
       The records directory, with ``classes.txt`` (and the converter's ``synsets.txt``) in it.
 
     Raises:
-      ConfigError: as :func:`class_names`.
+      ConfigError: as :func:`class_names`; naming ``--holdout_per_class`` for class folders only
+        without it.
       ConversionError: the converter's, naming the file.
     """
     names = class_names(image_dir)
-    records_dir = os.path.join(root, records.records_directory_name(f"records_{image_size}", holdout_per_class))
+    split = has_split_folders(image_dir)
+    if not split and not holdout_per_class:
+        raise ConfigError(f"--image_dir={image_dir} holds class folders only (no train/ and val/): pass "
+                          "--holdout_per_class=N to hold N images of every class out as the selection split, "
+                          "which then also scores the run (not independently), or move some images of every "
+                          "class into val/<class>/ and the rest into train/<class>/")
+    records_dir = os.path.join(root, records.records_directory_name(f"records_{image_size}", holdout_per_class,
+                                                                    resize_mode))
     if converter.is_converted(records_dir):
         saved = paths.read_text(os.path.join(records_dir, CLASSES_FILE)).split("\n")[:-1]
         if saved != names:
@@ -131,19 +172,30 @@ def prepare_folders(image_dir: str, root: str, image_size: int, num_workers: int
     metadata_file = paths.write_text(os.path.join(root, f".{records.METADATA_FILE}"),
                                      "".join(f"{w}\t{n}\n" for w, n in zip(wnids, names, strict=True)))
     source = image_dir if wnids == names else _linked_folders(image_dir, names, wnids, root)
-    logging.info("Converting %s: %d classes (%s)", image_dir, len(names), ", ".join(names))
+    logging.info("Converting %s: %d classes (%s)%s", image_dir, len(names), ", ".join(names),
+                 "" if split else f"; class folders only: {holdout_per_class} images of every class held out "
+                 "as the selection split, no validation split")
+    if split:
+        train_directory, validation_directory = os.path.join(source, "train"), os.path.join(source, "val")
+        num_train = _count_files(os.path.join(image_dir, "train"))
+        num_validation = _count_files(os.path.join(image_dir, "val"))
+    else:  # all training images; the selection split is carved out of them
+        train_directory = image_dir if source == image_dir else os.path.join(source, "train")
+        validation_directory = None
+        num_train, num_validation = _count_files(image_dir), holdout_per_class * len(names)
     converter.convert(
-        train_directory=os.path.join(source, "train"),
-        validation_directory=os.path.join(source, "val"),
+        train_directory=train_directory,
+        validation_directory=validation_directory,
         output_directory=records_dir,
         labels_file=labels_file,
         metadata_file=metadata_file,
-        # At most one shard per image.
-        train_shards=min(TRAIN_SHARDS, _count_files(os.path.join(image_dir, "train"))),
-        validation_shards=min(VALIDATION_SHARDS, _count_files(os.path.join(image_dir, "val"))),
+        # At most one shard per image (the selection split takes as many shards as a validation split).
+        train_shards=min(TRAIN_SHARDS, num_train),
+        validation_shards=min(VALIDATION_SHARDS, num_validation),
         resize=image_size,
         num_workers=num_workers,
         holdout_per_class=holdout_per_class,
+        resize_mode=resize_mode,
     )
     return records_dir
 

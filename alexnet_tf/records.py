@@ -59,11 +59,14 @@ def shard_name(prefix: str, index: int, num_shards: int) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}"
 
 
-def records_directory_name(name: str, holdout_per_class: int = 0) -> str:
-    """The folder ``train.py`` converts a data set into: ``name``, or ``name_holdout<N>`` with a selection split.
+def records_directory_name(name: str, holdout_per_class: int = 0, resize_mode: str = "crop") -> str:
+    """The folder ``train.py`` converts a data set into: ``name``, ``name_squash`` for images squashed
+    (the converter's ``--resize_mode=squash``), then ``_holdout<N>`` with a selection split.
 
-    A conversion with another selection split holds other training shards: it goes elsewhere.
+    A conversion with another selection split or resize mode holds other shards: it goes elsewhere,
+    so the two never mix in one folder.
     """
+    name = f"{name}_{resize_mode}" if resize_mode != "crop" else name
     return f"{name}_holdout{holdout_per_class}" if holdout_per_class else name
 
 

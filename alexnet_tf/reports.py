@@ -70,13 +70,19 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+_SPLIT_WORDS = {"holdout": "held-out selection"}  # a report's split, when it is not the validation split
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: errors beside the paper's, slowest classes, confused pairs."""
     lines = [
         "# Evaluation",
         "",
-        f"{report['num_images']} validation images of {report['num_classes']} classes from "
-        f"`{report['data_dir']}`.",
+        f"{report['num_images']} {_SPLIT_WORDS.get(report.get('split'), 'validation')} images of "
+        f"{report['num_classes']} classes from `{report['data_dir']}`.",
+        *(["", f"**{report['split_note']}**"] if report.get("split_note") else []),
+        *(["", f"The model was trained on squashed images; these records were resized by: "
+               f"{report['records_resize_mode']}."] if "records_resize_mode" in report else []),
         "",
         "| | top-1 error | top-5 error | images/s |",
         "|---|---|---|---|",

@@ -35,7 +35,8 @@ class Inputs:
         run resumed mid-epoch has trained on them). With ``--deterministic`` it is called afresh
         for every epoch and must yield at least ``steps_per_epoch`` batches; otherwise once per
         run, and the epochs read on from it (``Trainer.epoch_iterator``): it must not end.
-      validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None.
+      validation: ``() -> dataset`` of global-batch (images, labels), one pass; or None (also for
+        records of class folders only, which have a selection split and no validation split).
       holdout: the same for the selection split (training images held out by the converter's
         ``--holdout_per_class``), or None. When there is one, the per-epoch check and the plateau
         schedule watch it, and the validation set is scored once, at the end.
@@ -65,11 +66,17 @@ def epoch_seed(config: Config, epoch: int) -> int:
 
 
 def record_inputs(config: Config, data_dir: str) -> Inputs:
-    """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``."""
+    """Inputs read from the converter's shards in ``data_dir`` by ``data.make_dataset``.
+
+    The validation split is required unless the records have a selection split (class folders
+    only, ``train.py --image_dir``): then ``validation`` is None and the selection split is both
+    watched and, at the end, scored.
+    """
     train_pattern = data.file_pattern(data_dir, "train")
-    validation_pattern = data.file_pattern(data_dir, "validation")
     holdout_pattern = data.file_pattern(data_dir, "holdout") if data.has_split(data_dir, "holdout") else None
-    for split in ("train", "validation") + (("holdout",) if holdout_pattern else ()):
+    has_validation = holdout_pattern is None or data.has_split(data_dir, "validation")
+    validation_pattern = data.file_pattern(data_dir, "validation") if has_validation else None
+    for split in ("train",) + (("validation",) if has_validation else ()) + (("holdout",) if holdout_pattern else ()):
         data.check_labels(data_dir, split, config)
     stats = statistics.load_statistics(data_dir)
     steps = config.steps_per_epoch
@@ -82,7 +89,7 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
                              f"(--batch_size={config.batch_size})")
         logging.info("%d training images: %d steps per epoch of %d", num_train, steps, config.batch_size)
     num_train = num_train if num_train is not None else data.manifest_record_count(data_dir, "train")
-    num_validation = data.manifest_record_count(data_dir, "validation")
+    num_validation = data.manifest_record_count(data_dir, "validation") if has_validation else None
     num_holdout = data.manifest_record_count(data_dir, "holdout") if holdout_pattern else None
     counts = [f"{n} {split} images" for n, split in ((num_train, "training"), (num_validation, "validation"),
                                                      (num_holdout, "held-out selection"))
@@ -99,8 +106,8 @@ def record_inputs(config: Config, data_dir: str) -> Inputs:
         return data.make_dataset(pattern, False, config, stats=stats, repeat=False)
 
     holdout = functools.partial(validation, holdout_pattern) if holdout_pattern else None
-    return Inputs(train, validation, steps, data_dir=data_dir, stats=stats, description=description,
-                  holdout=holdout)
+    return Inputs(train, validation if has_validation else None, steps, data_dir=data_dir, stats=stats,
+                  description=description, holdout=holdout)
 
 
 def array_inputs(

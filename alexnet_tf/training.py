@@ -391,7 +391,12 @@ def _warn_if_stalled(config: Config, loss: float, global_step: int, length: int)
 
 
 def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chief: bool) -> dict[str, Any]:
-    """Saves the model and, with records, evaluates (centre crop and 10-crop) and exports it."""
+    """Saves the model and, with records, evaluates (centre crop and 10-crop) and exports it.
+
+    Records without a validation split (class folders only, ``train.py --image_dir``) are scored on
+    their selection split: the summary's figures are then ``holdout_*`` and ``evaluation_note`` says
+    that the same images steered the run.
+    """
     results: dict[str, Any] = {}
     if chief:
         path = os.path.join(workdir, workdir_lib.MODEL_FILE)
@@ -403,16 +408,21 @@ def _finish(trainer: Trainer, config: Config, workdir: str, inputs: Inputs, chie
     wnids, names = reports.data_class_labels(config.num_classes, inputs.data_dir)
     stats = inputs.stats or statistics.load_statistics(inputs.data_dir)
     report_dir = os.path.join(workdir, workdir_lib.REPORT_DIR)
+    scored = (evaluation.HOLDOUT_SPLIT if inputs.validation is None and inputs.holdout is not None
+              else evaluation.VALIDATION_SPLIT)
     report = evaluation.evaluate(trainer.model, config, inputs.data_dir,
                                  report_dir=report_dir if chief else None, strategy=trainer.strategy,
-                                 ten_crop=True, class_names=names, progress=chief, stats=stats)
+                                 ten_crop=True, class_names=names, progress=chief, stats=stats, split=scored)
+    prefix = "val" if scored == evaluation.VALIDATION_SPLIT else "holdout"
     results.update({
-        "val_top1_error": report["center_crop"]["top1_error"],
-        "val_top5_error": report["center_crop"]["top5_error"],
-        "val_ten_crop_top1_error": report["ten_crop"]["top1_error"],
-        "val_ten_crop_top5_error": report["ten_crop"]["top5_error"],
+        f"{prefix}_top1_error": report["center_crop"]["top1_error"],
+        f"{prefix}_top5_error": report["center_crop"]["top5_error"],
+        f"{prefix}_ten_crop_top1_error": report["ten_crop"]["top1_error"],
+        f"{prefix}_ten_crop_top5_error": report["ten_crop"]["top5_error"],
         "evaluation_report": paths.absolute(report_dir) if chief else None,
     })
+    if scored != evaluation.VALIDATION_SPLIT:
+        results.update(evaluated_split=scored, evaluation_note=evaluation.HOLDOUT_NOTE)
     if chief:
         export_dir = export.export_saved_model(trainer.model, os.path.join(workdir, workdir_lib.EXPORT_DIR), config,
                                                stats, wnids, names)

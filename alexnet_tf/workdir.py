@@ -241,11 +241,15 @@ def describe_layout(workdir: str) -> str:
 
 def log_outputs(summary: dict[str, Any]) -> None:
     """A run's last lines: its final figures and where everything went (``summary.json``'s paths)."""
-    errors = ", ".join(f"{key} {summary[key]:.4f}" for key in ("val_top1_error", "val_top5_error",
-                                                               "val_ten_crop_top1_error", "val_ten_crop_top5_error")
+    prefix = "holdout" if summary.get("evaluated_split") == "holdout" else "val"
+    errors = ", ".join(f"{key} {summary[key]:.4f}" for key in (f"{prefix}_top1_error", f"{prefix}_top5_error",
+                                                               f"{prefix}_ten_crop_top1_error",
+                                                               f"{prefix}_ten_crop_top5_error")
                        if summary.get(key) is not None)
     logging.info("Done: %d epochs, %d steps%s", summary["epochs_completed"], summary["global_step"],
                  f"; {errors}" if errors else "")
+    if summary.get("evaluation_note"):
+        logging.warning("%s", summary["evaluation_note"])
     for key, what in (("checkpoint", "latest checkpoint"), ("tensorboard", "TensorBoard logs"),
                       ("model", "Keras model"), ("evaluation_report", "evaluation report"),
                       ("saved_model", "SavedModel"), ("summary", "summary")):

@@ -73,9 +73,8 @@ def test_class_names_are_the_sorted_folders_and_num_classes_must_agree(image_dir
 
 
 def test_class_folders_without_a_split_are_refused_naming_the_layout(tmp_path):
-    for name in CLASSES:
-        (tmp_path / name).mkdir()
-    with pytest.raises(ConfigError, match=r"--image_dir=.*no train/ folder.*train/<class>/ and val/<class>/"):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--image_dir=.*no val/ folder.*train/<class>/ and val/<class>/"):
         folders.class_names(str(tmp_path))
     other = _draw_folders(tmp_path / "other", splits=("train",))
     (other / "val" / "cat").mkdir(parents=True)
@@ -241,3 +240,55 @@ def test_a_caffe_source_brings_its_conventions_and_weights(tmp_path):
     np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0], expected["conv1"][0])
     np.testing.assert_array_equal(model.get_layer("fc6").get_weights()[0], expected["fc6"][0])
     assert model.get_layer("fc8").get_weights()[0].shape == (4096, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Class folders only: the selection split is carved out, and scores the run
+
+
+def test_class_folders_only_need_a_selection_split(tmp_path):
+    image_dir = _draw_folders(tmp_path / "drawn", splits=("train",)) / "train"  # <class>/ folders only
+    assert folders.class_names(str(image_dir)) == ["bird", "cat", "dog"]
+    root = str(tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"--image_dir=.* class folders only .*--holdout_per_class=N"):
+        folders.prepare_folders(str(image_dir), root, 76, num_workers=1)
+    assert not (tmp_path / "data").exists()  # refused before anything was written
+    records_dir = folders.prepare_folders(str(image_dir), root, 76, num_workers=1, holdout_per_class=2)
+    assert pathlib.Path(records_dir).name == "records_76_holdout2"
+    assert (pathlib.Path(records_dir) / folders.CLASSES_FILE).read_text() == "bird\ncat\ndog\n"
+    assert data.count_records(records_dir, "train") == 3 * (TRAIN_PER_CLASS - 2)
+    assert data.count_records(records_dir, "holdout") == 3 * 2
+    assert not data.has_split(records_dir, "validation")
+    for split in ("train", "holdout"):
+        for record in read_records(records_dir, split):
+            assert record.label == ["bird", "cat", "dog"].index(os.path.basename(record.filename).split("_")[0])
+    inputs = sources.record_inputs(get_config("tiny", num_classes=3, data_dir=records_dir), records_dir)
+    assert inputs.validation is None and inputs.watched[0] == "holdout"
+
+
+def test_train_py_on_class_folders_only_scores_the_selection_split_and_says_so(tmp_path):
+    image_dir = _draw_folders(tmp_path / "drawn", splits=("train",)) / "train"
+    workdir = tmp_path / "run"
+    command = [ROOT / "train.py", f"--image_dir={image_dir}", "--preset=tiny", "--epochs=1",
+               "--steps_per_epoch=2", f"--workdir={workdir}", "--nojit_compile"]
+    refused = run_python(command, timeout=300)
+    assert refused.returncode == 2 and "--holdout_per_class" in refused.stderr, refused.stderr[-3000:]
+    # --resize_mode=squash (a Caffe source's) too: train.py converts with the run's resize mode.
+    result = run_python([*command, "--holdout_per_class=2", "--resize_mode=squash"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "evaluation" / "report.json").read_text())
+    assert report["split"] == "holdout" and report["num_images"] == 6  # 2 of each of the 3 classes
+    assert "not independent" in report["split_note"]
+    markdown = (workdir / "evaluation" / "report.md").read_text()
+    assert markdown.startswith("# Evaluation\n\n6 held-out selection images of 3 classes")
+    assert "not independent" in markdown
+    summary = json.loads((workdir / workdir_lib.SUMMARY_FILE).read_text())
+    assert summary["evaluated_split"] == "holdout" and "not independent" in summary["evaluation_note"]
+    assert summary["holdout_top1_error"] == report["center_crop"]["top1_error"]
+    assert summary["holdout_ten_crop_top1_error"] == report["ten_crop"]["top1_error"]
+    assert "val_top1_error" not in summary and "val_ten_crop_top1_error" not in summary
+    assert pathlib.Path(summary["data_dir"]).name == "records_76_squash_holdout2"
+    assert {(r.height, r.width) for r in read_records(summary["data_dir"], "train")} == {(76, 76)}
+    assert report["records_resize_mode"] == "squash"
+    assert (workdir / workdir_lib.EXPORT_DIR).is_dir()
+    assert "not independent" in result.stderr  # the run's last lines say it too

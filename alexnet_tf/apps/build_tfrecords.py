@@ -35,6 +35,8 @@ flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
 flags.DEFINE_string("labels_file", None, "Class wnids in label order (default: the 1000 ILSVRC-2012 classes).")
 flags.DEFINE_string("imagenet_metadata_file", None, "wnid<TAB>name lines (default: shipped ImageNet names).")
 flags.DEFINE_integer("resize", 0, "Rescale the shorter side to this (the paper: 256); 0 keeps JPEG bytes.")
+flags.DEFINE_enum("resize_mode", "crop", ["crop", "squash"], "With --resize: crop rescales the shorter side "
+                  "(the paper); squash brings both sides to --resize, the aspect ratio not kept (Caffe's 256x256).")
 flags.DEFINE_integer("jpeg_quality", converter.JPEG_QUALITY, "Quality of the JPEGs the converter encodes.")
 flags.DEFINE_integer("max_rejects", 0, "Fail (exit 1) when more files than this are rejected.")
 flags.DEFINE_integer("label_offset", 0, "Added to labels; 1 writes the classic converter's 1-based labels.")
@@ -68,6 +70,7 @@ def _convert() -> dict | None:
         num_tasks=FLAGS.num_tasks,
         task_index=FLAGS.task_index,
         holdout_per_class=FLAGS.holdout_per_class,
+        resize_mode=FLAGS.resize_mode,
     )
     if FLAGS.dataset == "imagenette":
         # ~9,500 + 3,900 images: the ImageNet defaults would give shards of a few images, so

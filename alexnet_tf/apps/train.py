@@ -59,7 +59,8 @@ flags.DEFINE_enum("dataset", None, sorted(DATASET_PRESETS),
                   "download); records: --data_dir; synthetic: random tensors; folders: --image_dir. "
                   "Default: folders with --image_dir, records with --data_dir, else shapes.")
 flags.DEFINE_string("image_dir", None, "your own images: train/<class>/ and val/<class>/ folders, any class "
-                    "names (the data set kind 'folders'; --num_classes follows the folders)")
+                    "names, or <class>/ folders only with --holdout_per_class (the data set kind 'folders'; "
+                    "--num_classes follows the folders)")
 flags.DEFINE_enum("preset", None, sorted(config_lib.PRESETS), "the run's settings; default follows --dataset")
 flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go (local or gs://...); "
                     "default runs/<preset>")
@@ -129,7 +130,8 @@ def main(argv: list[str]) -> int:
             config = config.replace(data_dir=data_dir)
         elif dataset == "folders":
             config = config.replace(data_dir=folders.prepare_folders(FLAGS.image_dir, data_root, config.image_size,
-                                                                     holdout_per_class=holdout))
+                                                                     holdout_per_class=holdout,
+                                                                     resize_mode=config.resize_mode))
             folders.write_run_classes(config.data_dir, workdir)
     except ConversionError as e:
         return cli.usage_error(str(e))

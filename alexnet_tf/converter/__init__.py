@@ -154,6 +154,7 @@ def convert(
     num_tasks: int = 1,
     task_index: int = 0,
     holdout_per_class: int = 0,
+    resize_mode: str = "crop",
 ) -> dict[str, Any]:
     """Converts image folders to sharded TFRecords in ``output_directory``.
 
@@ -175,6 +176,8 @@ def convert(
       num_tasks, task_index: this process writes shards ``i`` with ``i % num_tasks == task_index``.
       holdout_per_class: hold this many training images of every class out (chosen with ``seed``,
         stratified) as the selection split, ``holdout-*`` shards; the statistics are the rest's.
+      resize_mode: "crop" (``resize`` is the shorter side, the paper's) or "squash" (both sides
+        to ``resize``, the aspect ratio not kept: Caffe's ImageNet at 256x256); needs ``resize``.
 
     Returns:
       The summary (also in ``summary.json`` once all shards exist): counts per split, class and
@@ -203,5 +206,6 @@ def convert(
         num_tasks=num_tasks,
         task_index=task_index,
         holdout_per_class=holdout_per_class,
+        resize_mode=resize_mode,
     )
     return run_conversion(arguments)

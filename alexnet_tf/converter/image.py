@@ -1,7 +1,8 @@
 """One image: recognised by its content, decoded fully, repaired to an RGB JPEG.
 
 RGB JPEGs are kept byte for byte (or, with ``resize``, rescaled so the shorter side is
-``resize`` pixels, as in section 2 of the paper); everything else that decodes (grayscale,
+``resize`` pixels, as in section 2 of the paper, or with ``resize_mode="squash"`` both sides, the
+aspect ratio not kept, as Caffe's ImageNet was squashed to 256x256); everything else that decodes (grayscale,
 CMYK/YCCK, PNG, GIF, BMP, WebP) is converted to an RGB JPEG and counted by kind. Files that do
 not decode raise :class:`RejectedImageError` with the reason. EXIF orientation is ignored, as
 TensorFlow's decoders and the paper's pipeline ignore it: pixels are stored in the order the
@@ -27,6 +28,10 @@ STATISTICS_SIZE = 256  # the mean image's side: the paper's central 256x256 crop
 STATISTICS_METHOD = 2
 STATISTICS_GRID = 128
 COVARIANCE_STRIDE = 2
+# How ``resize`` applies: the paper's shorter side (section 2; the pipeline then takes the central
+# square), or Caffe's squash of the whole image to resize x resize. Either way the statistics sample
+# the stored image's central square, which for a squashed image is all of it: what the pipeline reads.
+RESIZE_MODES = ("crop", "squash")
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 _MODE_KINDS = {
     "RGB": "",
@@ -97,6 +102,13 @@ def _resize_shorter_side(image: Image.Image, target: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def _squash(image: Image.Image, target: int) -> Image.Image:
+    """Both sides to ``target`` (the aspect ratio not kept), as Caffe's ImageNet images were."""
+    if image.size == (target, target):
+        return image
+    return image.resize((target, target), Image.Resampling.BICUBIC)
+
+
 def central_square(image: Image.Image, size: int = STATISTICS_GRID) -> np.ndarray:
     """The central square of ``image`` sampled on a ``size`` x ``size`` grid, as uint8 RGB.
 
@@ -126,15 +138,18 @@ def convert_image(
     resize: int | None = None,
     jpeg_quality: int = JPEG_QUALITY,
     with_statistics: bool = False,
+    resize_mode: str = "crop",
 ) -> ConvertedImage:
     """Decodes ``data`` fully and returns an RGB JPEG version of it.
 
     Args:
       data: the file's bytes.
-      resize: if set, the shorter side is rescaled to this many pixels (bicubic, antialiased).
+      resize: if set, the shorter side is rescaled to this many pixels (bicubic, antialiased);
+        with ``resize_mode="squash"``, both sides.
       jpeg_quality: quality of any JPEG this function encodes.
       with_statistics: also return the stored image's central square sampled on the
-        ``STATISTICS_GRID`` grid.
+        ``STATISTICS_GRID`` grid (for a squashed image, the whole image).
+      resize_mode: one of ``RESIZE_MODES``: "crop" keeps the aspect ratio, "squash" does not.
 
     Raises:
       RejectedImageError: the file is empty, not an image, or does not decode; the message says which.
@@ -151,7 +166,7 @@ def convert_image(
             if resize and fmt == "jpeg":
                 # Let libjpeg scale down by a power of two while decoding (every coefficient is
                 # still entropy-decoded, so corrupt data is still caught), leaving at least twice
-                # the target size for the bicubic resize.
+                # the target size for the bicubic resize (both sides: the longer is longer still).
                 width, height = image.size
                 side = min(width, height)
                 image.draft(image.mode, (width * 2 * resize // side, height * 2 * resize // side))
@@ -164,7 +179,7 @@ def convert_image(
     except (OSError, ValueError) as e:
         raise RejectedImageError(f"{kind} cannot be converted to RGB: {e}") from e
     if resize:
-        rgb = _resize_shorter_side(rgb, resize)
+        rgb = _squash(rgb, resize) if resize_mode == "squash" else _resize_shorter_side(rgb, resize)
     keep = kind == "jpeg" and rgb.size == image.size and rgb is image
     if keep:
         encoded = data

@@ -17,7 +17,7 @@ from absl import logging
 
 from alexnet_tf import imagenet, paths, records
 from alexnet_tf.converter import files
-from alexnet_tf.converter.image import STATISTICS_METHOD
+from alexnet_tf.converter.image import RESIZE_MODES, STATISTICS_METHOD
 from alexnet_tf.converter.listing import (
     IMAGE_EXTENSIONS,
     ConversionError,
@@ -57,6 +57,7 @@ class ConvertArguments:
     num_tasks: int
     task_index: int
     holdout_per_class: int = 0
+    resize_mode: str = "crop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,10 @@ def check_arguments(arguments: ConvertArguments) -> None:
         _check_positive(getattr(a, flag), f"--{flag}")
     if a.resize is not None and a.resize != 0:
         _check_positive(a.resize, "--resize")
+    if a.resize_mode not in RESIZE_MODES:
+        raise ConversionError(f"--resize_mode must be one of {', '.join(RESIZE_MODES)}, got {a.resize_mode!r}")
+    if a.resize_mode == "squash" and not a.resize:
+        raise ConversionError("--resize_mode=squash brings both sides to --resize: pass --resize (Caffe: 256)")
     if not 1 <= a.jpeg_quality <= 100:
         raise ConversionError(f"--jpeg_quality must be in 1..100, got {a.jpeg_quality}")
     if not 0 <= a.task_index < a.num_tasks:
@@ -210,6 +215,7 @@ def _plan_split(
                 resize=options["resize"],
                 jpeg_quality=options["jpeg_quality"],
                 with_statistics=split == records.TRAIN_PREFIX,
+                resize_mode=options.get("resize_mode", "crop"),
             )
         )
     entry = {
@@ -236,6 +242,8 @@ def plan_jobs(
     }
     if arguments.holdout_per_class:  # recorded (and fingerprinted) only when used: older shards stay valid
         options["holdout_per_class"] = arguments.holdout_per_class
+    if arguments.resize_mode != "crop":  # likewise: shards resized the paper's way keep their fingerprints
+        options["resize_mode"] = arguments.resize_mode
     plan: dict[str, Any] = {
         "options": options,
         "num_tasks": arguments.num_tasks,
@@ -265,10 +273,16 @@ def _announce(arguments: ConvertArguments, inputs: dict[str, SplitInput], plan: 
             plan["splits"][split]["num_shards"],
         )
     resize = arguments.resize
+    if not resize:
+        how = "RGB JPEGs kept byte for byte"
+    elif arguments.resize_mode == "squash":
+        how = f"squashed to {resize}x{resize}, the aspect ratio not kept"
+    else:
+        how = f"shorter side resized to {resize}"
     logging.info(
         "Converting %d shards (%s) with %d workers into %s",
         num_jobs,
-        f"shorter side resized to {resize}" if resize else "RGB JPEGs kept byte for byte",
+        how,
         arguments.num_workers,
         paths.absolute(arguments.output_directory),
     )

@@ -58,6 +58,7 @@ class ShardJob:
     resize: int | None
     jpeg_quality: int
     with_statistics: bool
+    resize_mode: str = "crop"  # image.RESIZE_MODES
 
     @property
     def path(self) -> str:
@@ -179,7 +180,7 @@ def _write_item(
         return
     tallies.bytes_in += len(data)
     try:
-        image = convert_image(data, job.resize, job.jpeg_quality, accumulator is not None)
+        image = convert_image(data, job.resize, job.jpeg_quality, accumulator is not None, job.resize_mode)
     except RejectedImageError as e:
         tallies.rejects.append([item.path, str(e)])
         return
