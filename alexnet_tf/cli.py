@@ -5,7 +5,7 @@ console scripts) start through ``run``. A bad
 flag, path or combination (``ConfigError``, ``FileNotFoundError``, absl's flag errors and
 ``app.UsageError``) ends as one line on stderr naming the flag and the fix, with status
 ``USAGE``; anything else is a real failure and keeps its traceback. The statuses are the same
-for every command (the README's "Exit statuses"):
+for every command (docs/training.md, "Exit statuses"):
 
 - ``OK`` (0): done.
 - ``FAILED`` (1): the work failed: the training loss became NaN, or the converter rejected more
