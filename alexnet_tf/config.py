@@ -158,15 +158,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Imagenette (10 ImageNet classes, 9,469 training images) on CPUs. With the pixels scaled
     # before conv1 ("he") and a fixed step schedule (the plateau rule cut the rate too early on a
-    # noisy 500-image validation set): 25 epochs of batch 32, the rate divided by 10 after 22 and
-    # 24. Batch normalisation (not in the paper) together with the paper's rate of 0.01 (either
-    # alone gained nothing); without them (--batch_norm=false --learning_rate=0.003) it is the
-    # paper's network, on which the ablations are measured. XLA keeps the run inside the 20-minute
-    # budget on 2 cores; it refuses --deterministic. Runs, seeds and minutes: docs/results-imagenette.md.
+    # noisy 500-image validation set): 27 epochs of batch 32, the rate divided by 10 after 24 and
+    # 26. Batch normalisation (not in the paper) together with the paper's rate of 0.01; without
+    # them (--batch_norm=false --learning_rate=0.003) it is the paper's network, on which the
+    # ablations are measured. 50 training images per class are held out as the selection split the
+    # settings were chosen on. XLA keeps the run inside the 20-minute budget on 2 cores; it refuses
+    # --deterministic. Runs, seeds and minutes: docs/results-imagenette.md.
     "imagenette": dict(
         num_classes=10, input_size=99, width=0.5, image_size=112, bias_init="caffe", weight_init="he",
-        batch_size=32, learning_rate=0.01, dropout=0.5, lr_schedule="step:22,24", batch_norm=True,
-        epochs=25, shuffle_buffer=4000, jit_compile=True, holdout_per_class=50,
+        batch_size=32, learning_rate=0.01, dropout=0.5, lr_schedule="step:24,26", batch_norm=True,
+        epochs=27, shuffle_buffer=4000, jit_compile=True, holdout_per_class=50,
     ),
     # Fine-tuning a trained network on a folder of images (train.py --init_from --image_dir): the
     # architecture and conventions come from the source; every layer trains at the paper's rate,
