@@ -55,9 +55,13 @@ class Inputs:
     holdout: Callable[[], tf.data.Dataset] | None = None
 
     @property
-    def watched(self) -> tuple[str, Callable[[], tf.data.Dataset] | None]:
-        """The split the per-epoch check and the schedule watch: the selection split, else validation."""
-        return ("holdout", self.holdout) if self.holdout is not None else ("validation", self.validation)
+    def watched(self) -> str:
+        """The split the per-epoch check and the schedule watch: ``holdout`` when there is one, else ``validation``."""
+        return "holdout" if self.holdout is not None else "validation"
+
+    def split(self, name: str) -> Callable[[], tf.data.Dataset] | None:
+        """The one-pass pipeline of split ``name`` (``validation`` or ``holdout``), or None."""
+        return self.holdout if name == "holdout" else self.validation
 
 
 def epoch_seed(config: Config, epoch: int) -> int:

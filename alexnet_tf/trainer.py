@@ -267,7 +267,7 @@ class Trainer:
 
     def validate(self, inputs: Inputs, split: str = "validation") -> dict[str, float] | None:
         """Centre-crop loss and top-1/top-5 error over ``inputs``' validation (or holdout) split, or None."""
-        make = inputs.holdout if split == "holdout" else inputs.validation
+        make = inputs.split(split)
         if make is None:
             return None
         dataset = make()

@@ -44,7 +44,6 @@ from alexnet_tf.trainer import NonFiniteLossError, Trainer
 # The stall warning: a training loss this close (relative) to ln(num_classes), the loss of a
 # uniform guess, after ``stall_warning_steps`` steps.
 STALL_TOLERANCE = 0.02
-_SPLIT_NAMES = {"validation": "validation", "holdout": "held-out selection"}
 
 # --------------------------------------------------------------------------------------------
 # The run
@@ -170,7 +169,7 @@ def _end_epoch(trainer: Trainer, inputs: Inputs, epoch: int, checkpoints: workdi
     validation images play no part in the run until they are scored at its end.
     """
     config = trainer.config
-    split = inputs.watched[0]
+    split = inputs.watched
     validation = trainer.validate(inputs, split)
     reduced = trainer.schedule.end_epoch(validation["top1_error"] if validation else None)
     trainer.epoch.assign_add(1)
@@ -181,11 +180,11 @@ def _end_epoch(trainer: Trainer, inputs: Inputs, epoch: int, checkpoints: workdi
             "loss": validation["loss"], "top1_error": validation["top1_error"],
             "top5_error": validation["top5_error"]})
         logging.info("Epoch %d/%d: %s loss %.4f, top-1 error %.4f, top-5 error %.4f",
-                     epoch + 1, config.epochs, _SPLIT_NAMES[split], validation["loss"], validation["top1_error"],
+                     epoch + 1, config.epochs, curves.NAMES[split], validation["loss"], validation["top1_error"],
                      validation["top5_error"])
     if reduced:
         logging.info("The %s top-1 error stopped improving: learning rate now %g "
-                     "(reduction %d of %d)", _SPLIT_NAMES[split], float(trainer.schedule.learning_rate.numpy()),
+                     "(reduction %d of %d)", curves.NAMES[split], float(trainer.schedule.learning_rate.numpy()),
                      int(trainer.schedule.reductions.numpy()), config.max_lr_reductions)
     logging.info("Saved %s", path)
     return validation
@@ -203,7 +202,7 @@ def _train(
     if chief:
         _log_plan(config, workdir, inputs, trainer, finish)
     resumed_from_epoch = int(trainer.epoch.numpy())
-    watched = inputs.watched[0]
+    watched = inputs.watched
     writers = workdir_lib.summary_writers(workdir, chief, ("train", watched))
     last_validation = None
     profiler = _Profiler(config.profile_steps, os.path.join(workdir, workdir_lib.PROFILE_DIR), chief)

@@ -263,7 +263,7 @@ def test_class_folders_only_need_a_selection_split(tmp_path):
         for record in read_records(records_dir, split):
             assert record.label == ["bird", "cat", "dog"].index(os.path.basename(record.filename).split("_")[0])
     inputs = sources.record_inputs(get_config("tiny", num_classes=3, data_dir=records_dir), records_dir)
-    assert inputs.validation is None and inputs.watched[0] == "holdout"
+    assert inputs.validation is None and inputs.watched == "holdout"
 
 
 def test_train_py_on_class_folders_only_scores_the_selection_split_and_says_so(tmp_path):
